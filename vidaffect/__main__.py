@@ -1,0 +1,3 @@
+from vidaffect.cli import main
+
+main(prog_name="vidaffect")

@@ -1,0 +1,210 @@
+"""The `vidaffect` command: a thin layer over the package's functions.
+
+Exit status: 0 when everything asked for succeeded, 1 when some inputs failed (the
+rest were still done and the failures are listed), 2 for usage errors.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import click
+
+from vidaffect import __version__
+from vidaffect.progress import setup_logging, show_progress
+
+DEVICE = click.Choice(["auto", "cpu", "cuda"], case_sensitive=False)
+
+
+class State:
+    quiet = False
+
+
+def usage_errors(fn):
+    """Turn our ValueError/FileNotFoundError (bad options, missing inputs) into click's
+    usage error: one line, exit status 2, no traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (ValueError, FileNotFoundError) as exc:
+            raise click.UsageError(str(exc)) from None
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="vidaffect")
+@click.option("-v", "--verbose", count=True, help="Debug logging (tracebacks of failed videos included).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars; warnings and errors only.")
+def main(verbose: int, quiet: bool) -> None:
+    """Continuous emotion recognition (valence, arousal) from video.
+
+    \b
+    In a project folder:
+      vidaffect extract ./videos                      # features -> ./features/<video-id>.h5
+      vidaffect train --net full --loss noninertial   # -> ./runs/<name>/best.ckpt
+      vidaffect predict ./videos --out results.csv    # per-frame valence/arousal
+      vidaffect evaluate results.csv --annotations ./annotations
+    """
+    setup_logging(verbose, quiet)
+    State.quiet = quiet
+
+
+@main.command()
+@click.argument("videos", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--store", default="features", show_default=True, type=click.Path(path_type=Path), help="Folder of the per-video HDF5 feature stores.")
+@click.option("--stages", help="Comma-separated stages to run (dependencies are added): face,pose,embed,evm,mel. Default: the recipe's.")
+@click.option("--recipe", help="Built-in recipe name or YAML file naming stages and parameters.  [default: thesis]")
+@click.option("--set", "assignments", multiple=True, metavar="STAGE.PARAM=VALUE", help="Override one stage parameter, e.g. --set face.min_detection_confidence=0.3 (repeatable).")
+@click.option("--encoder-weights", help="ResNet-50 weights for embed/evm: a state-dict/checkpoint PATH, 'imagenet' (downloaded once) or 'random'.")
+@click.option("--save-evm-video", is_flag=True, help="Also write the magnified face video next to each store (<video-id>.evm.mp4).")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1), help="Videos processed in parallel processes.")
+@click.option("--device", default="auto", show_default=True, type=DEVICE, help="Device of the neural stages; auto = CUDA when available.")
+@click.option("--force", is_flag=True, help="Re-run the stages even when their cached parameters match.")
+@usage_errors
+def extract(videos, store, stages, recipe, assignments, encoder_weights, save_evm_video, workers, device, force) -> None:
+    """Extract features of VIDEOS (files or folders, searched recursively) into STORE.
+
+    Each video gets STORE/<video-id>.h5 (video id = path relative to the folder given,
+    without extension).  Finished stages are skipped, so an interrupted run resumes;
+    one bad video never stops the batch.  Exit status 1 when some videos failed.
+    """
+    from vidaffect.extract import extract as run_extract
+    from vidaffect.recipe import parse_assignments
+
+    params = parse_assignments(list(assignments))
+    if encoder_weights:
+        for stage in ("embed", "evm"):
+            params.setdefault(stage, {})["weights"] = encoder_weights
+    if save_evm_video:
+        params.setdefault("evm", {})["save_video"] = True
+    names = [s.strip() for s in stages.split(",") if s.strip()] if stages else None
+    summary = run_extract(
+        list(videos), store, names, recipe, params, force=force, workers=workers, device=device, progress=show_progress(State.quiet)
+    )
+    click.echo(summary.report(), err=bool(summary.failed))
+    sys.exit(summary.exit_code)
+
+
+@main.command()
+@click.argument("target", required=False, type=click.Path(exists=True, path_type=Path))
+@click.option("--recipe", help="Show a recipe's stages with every parameter (defaults filled in).")
+@usage_errors
+def info(target, recipe) -> None:
+    """Show what a feature store folder, one store file or a checkpoint holds.
+
+    \b
+    vidaffect info features/          videos, stages, frame counts, valid fractions
+    vidaffect info features/clip.h5   datasets, shapes, attributes
+    vidaffect info runs/x/best.ckpt   network, inputs, training recipe, provenance
+    vidaffect info --recipe thesis    stages and parameters of a recipe
+    """
+    from vidaffect import info as info_mod
+
+    if recipe:
+        click.echo(info_mod.describe_recipe(recipe))
+    if target is None:
+        if not recipe:
+            raise click.UsageError("give a store folder, a .h5 file, a checkpoint, or --recipe NAME")
+        return
+    click.echo(info_mod.describe(target))
+
+
+@main.command()
+@click.option("--net", type=click.Choice(["full", "without-mel", "audio", "pose"]), help="Network (DESIGN §4).  [default: recipe's, full]")
+@click.option("--loss", type=click.Choice(["mse", "ccc", "noninertial", "noninertial-ext"]), help="Training loss.  [default: recipe's, noninertial]")
+@click.option("--store", default="features", show_default=True, type=click.Path(path_type=Path), help="Feature store folder.")
+@click.option("--annotations", default="annotations", show_default=True, type=click.Path(path_type=Path), help="Folder of per-video annotation files (<video-id>.txt Aff-Wild2 style, or .csv).")
+@click.option("--val-annotations", type=click.Path(path_type=Path), help="Official validation annotations; when given, --val-split is not used.")
+@click.option("--val-split", type=click.FloatRange(0, 1, max_open=True), help="Fraction of videos held out for validation.  [default: 0.1]")
+@click.option("--folds", type=click.IntRange(2), help="K-fold cross-validation by video: one run per fold and a summary.")
+@click.option("--groups", type=click.Path(exists=True, path_type=Path), help="CSV video,subject: split by subject instead of by video.")
+@click.option("--seq-len", type=click.IntRange(1), help="Frames per training window.  [default: 256]")
+@click.option("--batch-size", type=click.IntRange(1), help="Windows per batch.  [default: 64]")
+@click.option("--epochs", type=click.IntRange(1), help="Maximum epochs.  [default: 70]")
+@click.option("--lr", type=click.FloatRange(0, min_open=True), help="SGD learning rate.  [default: 0.01]")
+@click.option("--out", type=click.Path(path_type=Path), help="Run folder.  [default: ./runs/<net>-<loss>-<time>]")
+@click.option("--recipe", help="Built-in recipe name or YAML file (its train: section gives the defaults).")
+@click.option("--device", default="auto", show_default=True, type=DEVICE)
+@click.option("--seed", type=int, help="Random seed; makes a CPU run repeatable.")
+@usage_errors
+def train(**options) -> None:
+    """Train a fusion network on the feature stores and annotations.
+
+    Leaves runs/<name>/ with config.yaml, metrics.csv (every loss and CCC/PCC/RMSE/SAGR
+    per epoch, train and validation), best.ckpt and last.ckpt.
+    """
+    from vidaffect.train import train as run_train
+
+    options = {k: v for k, v in options.items() if v is not None}
+    out = run_train(**options, progress=show_progress(State.quiet))
+    click.echo(f"run saved in {out}")
+
+
+@main.command()
+@click.argument("videos", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", default="results.csv", show_default=True, type=click.Path(path_type=Path), help="CSV file, or a folder with --format affwild2.")
+@click.option("--format", "fmt", default="csv", show_default=True, type=click.Choice(["csv", "affwild2"]), help="csv: one row per frame of every video; affwild2: one ABAW submission file per video.")
+@click.option("--model", type=click.Path(exists=True, path_type=Path), help="Checkpoint.  [default: newest ./runs/*/best.ckpt]")
+@click.option("--store", default="features", show_default=True, type=click.Path(path_type=Path), help="Feature store folder (missing features are extracted into it).")
+@click.option("--encoder-weights", help="Encoder weights for features not yet extracted (PATH, imagenet or random).")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1), help="Parallel extraction processes.")
+@click.option("--device", default="auto", show_default=True, type=DEVICE)
+@usage_errors
+def predict(videos, out, fmt, model, store, encoder_weights, workers, device) -> None:
+    """Per-frame valence and arousal for VIDEOS (files or folders).
+
+    Extracts whatever features the model needs that are not cached yet, then writes
+    one row per frame: video, frame, timestamp, valence, arousal, face.
+    """
+    from vidaffect.predict import predict as run_predict
+
+    summary = run_predict(
+        list(videos), out=out, fmt=fmt, model=model, store=store, encoder_weights=encoder_weights,
+        workers=workers, device=device, progress=show_progress(State.quiet),
+    )
+    click.echo(summary.report(), err=bool(summary.failed))
+    sys.exit(summary.exit_code)
+
+
+@main.command()
+@click.argument("predictions", type=click.Path(exists=True, path_type=Path))
+@click.option("--annotations", default="annotations", show_default=True, type=click.Path(exists=True, path_type=Path), help="Annotation folder.")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the metrics as JSON.")
+@usage_errors
+def evaluate(predictions, annotations, json_out) -> None:
+    """CCC, PCC, RMSE, MSE and SAGR of PREDICTIONS (a predict CSV) against annotations:
+    pooled over all annotated frames (ABAW) and averaged per video, plus the ABAW score."""
+    from vidaffect.evaluate import evaluate as run_evaluate
+
+    click.echo(run_evaluate(predictions, annotations, json_out=json_out))
+
+
+@main.command()
+@click.argument("predictions", type=click.Path(exists=True, path_type=Path))
+@click.option("--annotations", type=click.Path(exists=True, path_type=Path), help="Draw the annotations too.")
+@click.option("--out", default="plots", show_default=True, type=click.Path(path_type=Path), help="Folder for the PNG files.")
+@usage_errors
+def plot(predictions, annotations, out) -> None:
+    """Per video: valence and arousal over time, and the valence-arousal plane (PNG)."""
+    from vidaffect.plot import plot as run_plot
+
+    paths = run_plot(predictions, annotations=annotations, out=out)
+    click.echo(f"wrote {len(paths)} figure(s) to {out}")
+
+
+@main.command()
+@click.option("--quick", is_flag=True, help="Small media, about two minutes on 2 CPU cores.")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write the figures as JSON.")
+@click.option("--device", default="auto", show_default=True, type=DEVICE)
+@usage_errors
+def bench(quick, json_out, device) -> None:
+    """Measure throughput and memory of every stage, training and prediction on this
+    machine, on media it makes itself, and compare them with their targets."""
+    from vidaffect.bench import bench as run_bench
+
+    click.echo(run_bench(quick=quick, json_out=json_out, device=device, progress=show_progress(State.quiet)))
