@@ -148,6 +148,8 @@ class StoreWriter:
         _append(self.h5["frames/timestamp"], timestamps)
 
     def append(self, group: str, rows: dict[str, np.ndarray]) -> None:
+        if not rows:
+            return  # a lagging stage with nothing ready yet
         outputs = self.groups[group][1]
         if set(rows) != set(outputs):
             raise ValueError(f"stage group {group!r} returned {sorted(rows)}, expected {sorted(outputs)}")
