@@ -14,6 +14,7 @@ import click
 
 from vidaffect import __version__
 from vidaffect.progress import setup_logging, show_progress
+from vidaffect.stages import SetupError
 
 DEVICE = click.Choice(["auto", "cpu", "cuda"], case_sensitive=False)
 
@@ -24,7 +25,8 @@ class State:
 
 def usage_errors(fn):
     """Turn our ValueError/FileNotFoundError (bad options, missing inputs) into click's
-    usage error: one line, exit status 2, no traceback."""
+    usage error (one line, exit status 2, no traceback) and a SetupError (a model file
+    missing) into a one-line error with exit status 1."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -32,6 +34,8 @@ def usage_errors(fn):
             return fn(*args, **kwargs)
         except (ValueError, FileNotFoundError) as exc:
             raise click.UsageError(str(exc)) from None
+        except SetupError as exc:
+            raise click.ClickException(str(exc)) from None
 
     return wrapper
 
@@ -131,6 +135,7 @@ def info(target, recipe) -> None:
 @click.option("--recipe", help="Built-in recipe name or YAML file (its train: section gives the defaults).")
 @click.option("--device", default="auto", show_default=True, type=DEVICE)
 @click.option("--seed", type=int, help="Random seed; makes a CPU run repeatable.")
+@click.option("--workers", type=click.IntRange(0), help="DataLoader processes reading the stores (0 = main process).  [default: 0 on CPU, 4 on GPU]")
 @usage_errors
 def train(**options) -> None:
     """Train a fusion network on the feature stores and annotations.

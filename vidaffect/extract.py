@@ -309,6 +309,8 @@ def extract(
     """
     plan = Plan.make(stages, recipe, params)
     device = resolve_device(device)
+    for name in plan.order:
+        stage_api.stage_class(name).prepare(plan.params[name], progress)
     sources, problems = find_videos(inputs)
     results = [VideoResult(path, "", "failed", reason) for path, reason in problems]
     for path, reason in problems:

@@ -48,6 +48,11 @@ STAGE_CLASSES: dict[str, str] = {
 }
 
 
+class SetupError(Exception):
+    """This machine cannot run a stage at all (e.g. a model file is missing and cannot
+    be downloaded); the message says which file and what to do."""
+
+
 @dataclass(frozen=True)
 class Output:
     """One per-frame dataset of a stage: its per-frame shape, dtype and the value
@@ -110,6 +115,11 @@ class Stage(abc.ABC):
     def __init__(self, params: Any = None, device: str = "cpu") -> None:
         self.params = params if params is not None else self.Params()
         self.device = device
+
+    @classmethod
+    def prepare(cls, params: Any, progress: bool = False) -> None:
+        """Run once in the main process before any worker starts, e.g. to download a
+        model file once instead of in every worker.  Raises SetupError."""
 
     @classmethod
     def group_name(cls) -> str:
