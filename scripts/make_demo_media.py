@@ -7,13 +7,13 @@ usage: python scripts/make_demo_media.py DEMO_DIR
 """
 
 import sys
-from fractions import Fraction
 from pathlib import Path
 
-import av
 import cv2
 import numpy as np
 from skimage import data
+
+from vidaffect.synthetic import make_video
 
 FPS, SECONDS, SR = 25, 4, 22050
 W, H = 640, 360
@@ -44,25 +44,6 @@ def clip(seed: int) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
     return frames, audio.clip(-1, 1), labels
 
 
-def write(path: Path, frames, audio) -> None:
-    with av.open(str(path), "w") as out:
-        vs = out.add_stream("libx264", rate=FPS)
-        vs.width, vs.height, vs.pix_fmt = W, H, "yuv420p"
-        aus = out.add_stream("aac", rate=SR, layout="mono")
-        for image in frames:
-            for p in vs.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                out.mux(p)
-        for p in vs.encode():
-            out.mux(p)
-        for start in range(0, len(audio), 1024):
-            af = av.AudioFrame.from_ndarray(audio[None, start : start + 1024], format="fltp", layout="mono")
-            af.sample_rate, af.pts, af.time_base = SR, start, Fraction(1, SR)
-            for p in aus.encode(af):
-                out.mux(p)
-        for p in aus.encode():
-            out.mux(p)
-
-
 def main(root: Path) -> None:
     (root / "videos").mkdir(parents=True, exist_ok=True)
     (root / "annotations").mkdir(parents=True, exist_ok=True)
@@ -70,7 +51,7 @@ def main(root: Path) -> None:
         name = f"demo{k + 1}"
         frames, audio, labels = clip(k)
         if not (root / "videos" / f"{name}.mp4").exists():
-            write(root / "videos" / f"{name}.mp4", frames, audio)
+            make_video(root / "videos" / f"{name}.mp4", frames, fps=FPS, audio=audio, sr=SR)
         with open(root / "annotations" / f"{name}.txt", "w") as fh:
             fh.write("valence,arousal\n")
             fh.writelines(f"{v:.4f},{a:.4f}\n" for v, a in labels)
