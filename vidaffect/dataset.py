@@ -184,9 +184,13 @@ def normalize(features: dict[str, np.ndarray], stats: Stats) -> dict[str, np.nda
         lo, hi = stats[m]["min"], stats[m]["max"]
         if x.shape[-1] != lo.shape[0]:
             raise ValueError(f"{m} features have {x.shape[-1]} values per frame, the statistics {lo.shape[0]}")
-        span = np.where(hi > lo, hi - lo, 1).astype(np.float32)
-        y = np.clip((x - lo) / span, 0, 1)
-        out[m] = np.nan_to_num(y, nan=0.0).astype(np.float32)
+        scale = (1 / np.where(hi > lo, hi - lo, 1)).astype(np.float32)
+        # In place on one float32 copy: this runs on every training window, and
+        # whole-array temporaries cost as much as the HDF5 read.
+        y = np.subtract(x, lo, dtype=np.float32)
+        y *= scale
+        np.clip(y, 0, 1, out=y)
+        out[m] = np.nan_to_num(y, copy=False, nan=0.0)
     return out
 
 
@@ -268,10 +272,14 @@ class WindowDataset(torch.utils.data.Dataset):
         labels = video.labels[start:stop]
         mask = np.isfinite(labels).all(axis=1)
         pad = self.seq_len - (stop - start)
+
+        def padded(a: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1)) if pad else a)
+
         return {
-            "inputs": {m: torch.from_numpy(np.pad(x, ((0, pad), (0, 0)))) for m, x in inputs.items()},
-            "target": torch.from_numpy(np.pad(np.where(mask[:, None], labels, 0).astype(np.float32), ((0, pad), (0, 0)))),
-            "mask": torch.from_numpy(np.pad(mask, (0, pad))),
+            "inputs": {m: padded(x) for m, x in inputs.items()},
+            "target": padded(np.where(mask[:, None], labels, 0).astype(np.float32)),
+            "mask": padded(mask),
             "video": i,
             "start": start,
         }
