@@ -161,3 +161,21 @@ def test_stores_carry_embed_and_evm_rows_with_validity(media, tmp_path):
     assert len(video) == 20 and video[0].shape == (224, 224, 3)
     assert all(video[i].max() < 20 for i in range(8, 12))  # black where there is no face
     assert video[0].mean() > 40
+
+
+def test_an_aborted_run_leaves_no_partial_magnified_video(tmp_path):
+    from vidaffect.evm import EvmStage
+    from vidaffect.stages import Batch
+    from vidaffect.synthetic import astronaut_frame
+    from vidaffect.video import VideoInfo
+
+    n = 24  # enough frames for the H.264 encoder to emit its first packets
+    stage = EvmStage(EvmParams(weights="random", save_video=True, batch_size=n), "cpu")
+    info = VideoInfo(str(tmp_path / "a.mp4"), "a", 1, 0.0, 640, 360, 25.0, 4, 0.16, 0, "h264", False)
+    run = stage.open(info, tmp_path / "a.h5")
+    images = np.stack([astronaut_frame()] * n)
+    box = np.tile(np.array([[180, 40, 110, 130]], np.float32), (n, 1))
+    run.process(Batch(0, np.arange(n) / 25.0, images, {"face/bbox": box, "face/valid": np.ones(n, bool)}))
+    assert (tmp_path / "a.evm.mp4.tmp").exists()
+    run.abort()
+    assert not list(tmp_path.glob("a.evm.mp4*"))

@@ -408,6 +408,10 @@ class _VideoWriter:
         self.container.close()
         os.replace(self.tmp, self.path)
 
+    def discard(self) -> None:
+        self.container.close()
+        self.tmp.unlink(missing_ok=True)
+
 
 def _face_runs(has_face: np.ndarray) -> list[tuple[int, int]]:
     """(start, stop) of each run of consecutive True values."""
@@ -458,7 +462,13 @@ class _EvmRun(CropRun):
         rows = super().finish()
         if self.writer is not None:
             self.writer.close()
+            self.writer = None
         return rows
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.discard()
+            self.writer = None
 
 
 class EvmStage(EncoderStage):

@@ -179,8 +179,10 @@ class Extractor:
         }
         writer = StoreWriter(path, info, groups, keep)
         old = h5py.File(path, "r") if cached_inputs else None
+        runs: dict[str, stage_api.StageRun] = {}
         try:
-            runs = {n: s.open(info, path) for n, s in stages.items()}
+            for n, s in stages.items():
+                runs[n] = s.open(info, path)
             audio_runs = [runs[n] for n, s in stages.items() if s.uses_audio]
             want_images = any(s.uses_images for s in stages.values())
             rates = {s.audio_rate() for s in stages.values() if s.uses_audio}
@@ -240,6 +242,8 @@ class Extractor:
             return done
         except BaseException:
             writer.abort()
+            for run in runs.values():
+                run.abort()
             raise
         finally:
             if old is not None:

@@ -102,6 +102,9 @@ class StageRun(abc.ABC):
         """Rows not yet returned by :meth:`process`."""
         return {}
 
+    def abort(self) -> None:
+        """The video failed or the run was interrupted: discard partial side files."""
+
 
 class Stage(abc.ABC):
     name: ClassVar[str]
