@@ -119,7 +119,7 @@ def info(target, recipe) -> None:
 
 
 @main.command()
-@click.option("--net", type=click.Choice(["full", "without-mel", "audio", "pose"]), help="Network (DESIGN §4).  [default: recipe's, full]")
+@click.option("--net", type=click.Choice(["full", "without-mel", "audio", "pose"]), help="full: embed+landmarks+pose+mel; without-mel; audio: mel only; pose: pose only.  [default: recipe's, full]")
 @click.option("--loss", type=click.Choice(["mse", "ccc", "noninertial", "noninertial-ext"]), help="Training loss.  [default: recipe's, noninertial]")
 @click.option("--store", default="features", show_default=True, type=click.Path(path_type=Path), help="Feature store folder.")
 @click.option("--annotations", default="annotations", show_default=True, type=click.Path(path_type=Path), help="Folder of per-video annotation files (<video-id>.txt Aff-Wild2 style, or .csv).")

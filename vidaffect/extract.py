@@ -14,9 +14,10 @@ import multiprocessing as mp
 import os
 import queue
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import h5py
 import numpy as np
@@ -96,7 +97,7 @@ class Plan:
     @classmethod
     def make(
         cls, stages: list[str] | None, recipe: str | Path | None = None, params: dict[str, dict] | None = None
-    ) -> "Plan":
+    ) -> Plan:
         spec = load_recipe(recipe)
         names = list(stages) if stages else list(spec["stages"])
         params = params or {}

@@ -1,4 +1,4 @@
-"""Training losses on (valence, arousal) sequences (DESIGN §5, thesis §3.1, appendix A).
+"""Training losses on (valence, arousal) sequences (thesis §3.1 and appendix A; formulas in README.md).
 
 Every loss takes ``pred`` and ``target`` shaped (B, S, 2) (valence, arousal) and an
 optional ``mask`` (B, S) bool of the frames that count (annotated, not padding), and
@@ -25,7 +25,7 @@ from collections.abc import Callable
 import torch
 
 Loss = Callable[..., torch.Tensor]
-UNIT_EPS = 1e-8  # guards the unit vector of a point at the origin (DESIGN §5)
+UNIT_EPS = 1e-8  # guards the unit vector of a point at the origin (see README.md)
 CCC_EPS = 1e-8  # keeps CCC finite when prediction and target are both constant
 
 

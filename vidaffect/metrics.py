@@ -1,4 +1,4 @@
-"""Evaluation metrics for continuous valence/arousal (DESIGN §5).
+"""Evaluation metrics for continuous valence/arousal.
 
 ``ccc``, ``pcc``, ``rmse``, ``mse`` and ``sagr`` take two 1-D arrays (prediction,
 annotation); CCC and PCC use population (1/N) statistics.  :func:`summarize` is the one

@@ -23,7 +23,7 @@ import json
 import logging
 import os
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -175,7 +175,7 @@ class StoreWriter:
                     raise RuntimeError(f"cached store has {old_n} frames but decoding gave {n}; re-run with --force")
                 for group in self.keep:
                     old.copy(old[group], self.h5, name=group)
-        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        now = datetime.now(UTC).isoformat(timespec="seconds")
         libs = json.dumps(library_versions(), sort_keys=True)
         for group, (stage, _, params, phash, version) in self.groups.items():
             g = self.h5[group]
