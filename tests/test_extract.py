@@ -302,3 +302,13 @@ def test_info_shows_store_and_file(clip, tmp_path):
     out = CliRunner().invoke(main, ["info", str(store / "clip.h5")]).output
     assert "/audio/mel" in out and "(40, 128)" in out and "n_mels" in out
 
+
+
+def test_workers_log_in_our_format(media, tmp_path):
+    make_video(media / "good.mp4", noise_frames(10), audio=tone(0.4))
+    (media / "empty.mp4").write_bytes(b"")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    proc = subprocess.run([*VIDAFFECT, "extract", str(media), "--stages", "mel", "--workers", "2", "--store", str(tmp_path / "f")],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert f"ERROR vidaffect.extract: {media / 'empty.mp4'}: empty file (0 bytes)" in proc.stderr

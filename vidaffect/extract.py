@@ -23,7 +23,7 @@ import h5py
 import numpy as np
 
 from vidaffect import stages as stage_api
-from vidaffect.progress import progress_bar
+from vidaffect.progress import configure_logging, progress_bar
 from vidaffect.recipe import load_recipe
 from vidaffect.store import StoreWriter, locked, read_rows, stage_hashes, store_path
 from vidaffect.video import AudioChunk, VideoError, VideoSource, decode, find_videos, probe
@@ -264,8 +264,9 @@ _worker: Extractor | None = None
 _worker_queue: Any = None
 
 
-def _init_worker(args: tuple, threads: int, q: Any) -> None:
+def _init_worker(args: tuple, threads: int, q: Any, log_level: int) -> None:
     global _worker, _worker_queue
+    configure_logging(log_level)
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     try:
         import torch
@@ -347,7 +348,7 @@ def _run_pool(sources, args, workers: int, finished, on_frames) -> None:
     remaining = list(sources)
     while remaining:
         q = ctx.Queue()  # frame counts from the workers, for the frames/s bar
-        with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(args, threads, q)) as pool:
+        with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(args, threads, q, logging.getLogger().level)) as pool:
             pending = {pool.submit(_work, s): s for s in remaining}
             remaining = []
             while pending:

@@ -30,11 +30,17 @@ def show_progress(quiet: bool) -> bool:
 
 def setup_logging(verbose: int, quiet: bool) -> None:
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    configure_logging(level)
+
+
+def configure_logging(level: int) -> None:
+    """Our log format at ``level``; also called in worker processes, which do not
+    inherit the parent's logging set-up."""
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
     # Native libraries (TF-Lite under MediaPipe, glog, absl) write to stderr themselves.
     os.environ.setdefault("GLOG_minloglevel", "2")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if not verbose:
+    if level > logging.DEBUG:
         for noisy in ("absl", "numba", "matplotlib", "h5py", "PIL", "fsspec"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
         warnings.filterwarnings("ignore", message=".*SymbolDatabase.GetPrototype.*")
