@@ -44,14 +44,14 @@ import torch
 
 from vidaffect import __version__
 from vidaffect.dataset import MODALITIES, Stats, dataset_path, feature_dim, missing_stages, normalize, stages_for
+from vidaffect.encoder import RANDOM
 from vidaffect.networks import AffectNet
 
 log = logging.getLogger(__name__)
 
 FORMAT = "vidaffect-checkpoint"
 FORMAT_VERSION = 1
-RANDOM_WEIGHTS = "random"
-SUMMARY_METRICS = ("ccc_mean", "valence_ccc", "arousal_ccc", "valence_rmse", "arousal_rmse")  # shown by `info`  # the encoder-weights value that means "not trained"
+SUMMARY_METRICS = ("ccc_mean", "valence_ccc", "arousal_ccc", "valence_rmse", "arousal_rmse")  # shown by `info`
 
 
 def stage_provenance(h5: h5py.File, stages: list[str]) -> dict[str, dict[str, Any]]:
@@ -72,7 +72,7 @@ def stage_provenance(h5: h5py.File, stages: list[str]) -> dict[str, dict[str, An
 
 def random_encoder(provenance: dict[str, dict[str, Any]]) -> list[str]:
     """Stages of ``provenance`` whose encoder had random (untrained) weights."""
-    return [s for s, p in provenance.items() if p.get("params", {}).get("weights") == RANDOM_WEIGHTS]
+    return [s for s, p in provenance.items() if p.get("params", {}).get("weights") == RANDOM]
 
 
 @dataclass
