@@ -34,6 +34,7 @@ from scipy import signal
 
 from vidaffect.crop import CROP_SIZE
 from vidaffect.encoder import CropRun, EncoderParams, EncoderStage
+from vidaffect.segments import segments
 from vidaffect.stages import Batch, StageRun
 from vidaffect.video import VideoInfo
 
@@ -413,12 +414,6 @@ class _VideoWriter:
         self.tmp.unlink(missing_ok=True)
 
 
-def _face_runs(has_face: np.ndarray) -> list[tuple[int, int]]:
-    """(start, stop) of each run of consecutive True values."""
-    edges = np.diff(np.concatenate([[0], has_face.astype(np.int8), [0]]))
-    return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist(), strict=True))
-
-
 class _EvmRun(CropRun):
     def __init__(self, stage: EvmStage, info: VideoInfo, store_path: Path) -> None:
         super().__init__(stage)
@@ -443,7 +438,7 @@ class _EvmRun(CropRun):
             self._start(batch)
         out = np.empty_like(crops)
         done = 0  # crops are packed in frame order, one per frame with a face
-        for start, stop in _face_runs(has_face):
+        for start, stop in segments(has_face):
             if start > 0 or not self.previous_had_face:
                 self.magnifier.reset()  # a new face segment after frames without one
             n = stop - start

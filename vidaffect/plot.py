@@ -23,6 +23,7 @@ from matplotlib.patches import Patch
 from vidaffect.annotations import AnnotationIndex
 from vidaffect.evaluate import annotation_frames
 from vidaffect.metrics import DIMENSIONS, annotated, ccc
+from vidaffect.segments import segments
 from vidaffect.writers import VideoPredictions, read_predictions
 
 log = logging.getLogger(__name__)
@@ -42,19 +43,13 @@ def _time_axis(p: VideoPredictions) -> tuple[np.ndarray, str]:
     return np.arange(len(p), dtype=np.float64), "frame"
 
 
-def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
-    """[start, stop) index ranges where ``flags`` is True."""
-    edges = np.diff(np.concatenate([[0], flags.astype(np.int8), [0]]))
-    return list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1), strict=True))
-
-
 def plot_time(video_id: str, p: VideoPredictions, target: np.ndarray | None, path: Path) -> Path:
     """Valence and arousal over time of one video (see module docstring)."""
     x, xlabel = _time_axis(p)
     fig = Figure(figsize=TIME_SIZE, dpi=DPI)
     FigureCanvasAgg(fig)
     axes = fig.subplots(2, 1, sharex=True)
-    no_face = _runs(p.face == 0)
+    no_face = segments(p.face == 0)
     step = float(np.median(np.diff(x))) if len(x) > 1 else 1.0
     keep = annotated(target) if target is not None else None
     for i, (ax, dim) in enumerate(zip(axes, DIMENSIONS, strict=True)):
