@@ -18,7 +18,7 @@ from vidaffect.dataset import load_inputs
 from vidaffect.extract import extract
 from vidaffect.metrics import summarize
 from vidaffect.synthetic import random_arrays, write_store
-from vidaffect.train import make_splits, train
+from vidaffect.train import make_splits, resume, train
 
 FRAMES = 240
 
@@ -181,6 +181,38 @@ def test_same_seed_same_metrics(project, tmp_path):
     rows_a = [{k: v for k, v in r.items() if k not in drop} for r in read_metrics(a)]
     rows_b = [{k: v for k, v in r.items() if k not in drop} for r in read_metrics(b)]
     assert rows_a == rows_b
+
+
+def test_resumed_run_continues_exactly_where_it_stopped(project, tmp_path):
+    common = dict(store=project / "features", annotations=project / "annotations", seed=3, **FAST)
+    straight = train(out=tmp_path / "straight", epochs=4, **common)
+    stopped = train(out=tmp_path / "stopped", epochs=2, **common)  # as if killed after epoch 2
+    assert resume(stopped, epochs=4, device="cpu", progress=False) == stopped
+
+    def numbers(run):
+        return [{k: float(v) for k, v in r.items() if k != "seconds"} for r in read_metrics(run)]
+
+    a, b = numbers(straight), numbers(stopped)
+    assert [r["epoch"] for r in b] == [1, 2, 3, 4]
+    for row_a, row_b in zip(a, b, strict=True):
+        assert row_a.keys() == row_b.keys()
+        assert all(row_a[k] == pytest.approx(row_b[k], rel=1e-5, abs=1e-7) for k in row_a), row_b["epoch"]
+    assert load_model(stopped / "last.ckpt").epoch == 4
+    # A finished run has nothing left to do.
+    before = (stopped / "metrics.csv").read_text()
+    resume(stopped, device="cpu", progress=False)
+    assert (stopped / "metrics.csv").read_text() == before
+
+
+def test_resume_refuses_other_options_and_non_runs(project, tmp_path):
+    from click.testing import CliRunner
+
+    from vidaffect.cli import main
+
+    result = CliRunner().invoke(main, ["train", "--resume", str(project), "--net", "pose"])
+    assert result.exit_code == 2 and "drop --net" in result.output
+    result = CliRunner().invoke(main, ["train", "--resume", str(project)])
+    assert result.exit_code == 2 and "no config.yaml" in result.output
 
 
 def test_k_fold_runs_and_summary(project, tmp_path):

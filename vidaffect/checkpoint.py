@@ -140,9 +140,11 @@ def save(
     config: dict[str, Any],
     epoch: int,
     metrics: dict[str, Any],
+    resume: dict[str, Any] | None = None,
 ) -> None:
     """Write a checkpoint atomically (temporary file, then rename), so an interrupted
-    run never leaves a truncated ``best.ckpt``."""
+    run never leaves a truncated ``best.ckpt``.  ``resume`` (optimizer and scheduler
+    state, early-stopping counters) goes into ``last.ckpt`` for `train --resume`."""
     path = Path(path)
     ckpt = {
         "format": FORMAT,
@@ -160,6 +162,8 @@ def save(
         "vidaffect_version": __version__,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+    if resume is not None:
+        ckpt["resume"] = resume
     tmp = path.with_name(path.name + ".tmp")
     torch.save(ckpt, tmp)
     os.replace(tmp, path)

@@ -135,6 +135,7 @@ def info(target, recipe) -> None:
 @click.option("--recipe", help="Built-in recipe name or YAML file (its train: section gives the defaults).")
 @click.option("--device", default="auto", show_default=True, type=DEVICE)
 @click.option("--seed", type=int, help="Random seed; makes a CPU run repeatable.")
+@click.option("--resume", type=click.Path(exists=True, file_okay=False, path_type=Path), help="Continue an interrupted run (its folder) from last.ckpt with its own configuration; --epochs may raise the limit.")
 @click.option("--workers", type=click.IntRange(0), help="DataLoader processes reading the stores (0 = main process).  [default: 0 on CPU, 4 on GPU]")
 @usage_errors
 def train(**options) -> None:
@@ -143,10 +144,18 @@ def train(**options) -> None:
     Leaves runs/<name>/ with config.yaml, metrics.csv (every loss and CCC/PCC/RMSE/SAGR
     per epoch, train and validation), best.ckpt and last.ckpt.
     """
+    from vidaffect.train import resume
     from vidaffect.train import train as run_train
 
     options = {k: v for k, v in options.items() if v is not None}
-    out = run_train(**options, progress=show_progress(State.quiet))
+    run = options.pop("resume", None)
+    if run is not None:
+        ignored = sorted(set(options) - {"epochs", "device", "workers", "store", "annotations"})
+        if ignored:
+            raise click.UsageError(f"--resume continues with the run's own configuration; drop {', '.join('--' + o.replace('_', '-') for o in ignored)}")
+        out = resume(run, epochs=options.get("epochs"), device=options["device"], workers=options.get("workers"), progress=show_progress(State.quiet))
+    else:
+        out = run_train(**options, progress=show_progress(State.quiet))
     click.echo(f"run saved in {out}")
 
 

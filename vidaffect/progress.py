@@ -10,10 +10,11 @@ import warnings
 from tqdm import tqdm
 
 
-def progress_bar(total: int | None, desc: str, unit: str, enabled: bool, position: int = 0) -> tqdm:
+def progress_bar(total: int | None, desc: str, unit: str, enabled: bool, position: int = 0, initial: int = 0) -> tqdm:
     """A tqdm bar on stderr, or a silent one when disabled (not a TTY, or ``-q``)."""
     return tqdm(
         total=total,
+        initial=initial,
         desc=desc,
         unit=unit,
         disable=not enabled,

@@ -30,6 +30,7 @@ import os
 import random
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime
@@ -47,7 +48,7 @@ from torch.utils.data import DataLoader
 
 from vidaffect import __version__
 from vidaffect.annotations import AnnotationIndex, read_annotation
-from vidaffect.checkpoint import random_encoder, save, stage_provenance
+from vidaffect.checkpoint import random_encoder, read, save, stage_provenance
 from vidaffect.dataset import (
     VideoData,
     WindowDataset,
@@ -310,15 +311,26 @@ def fit(
     seed: int,
     workers: int = 0,
     progress: bool = False,
+    last: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train one model; writes ``run_dir``/{config.yaml, metrics.csv, best.ckpt,
-    last.ckpt} and returns the best epoch's row."""
+    last.ckpt} and returns the best epoch's row.  ``last`` (a ``last.ckpt`` read back)
+    continues an interrupted run after its last finished epoch."""
     seed_everything(seed, workers=True, verbose=False)
     modalities = net_modalities(hyper.net)
     stats = compute_stats([v.store for v in train_videos], modalities)
     net = AffectNet(hyper.net, pool.dims)
     optimizer = torch.optim.SGD(net.parameters(), lr=hyper.lr, momentum=hyper.momentum, weight_decay=hyper.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", patience=hyper.plateau_patience)
+    first, best_score, best_row, stale, history = 1, -math.inf, {}, 0, []
+    if last is not None:
+        net.load_state_dict(last["state_dict"])
+        optimizer.load_state_dict(last["resume"]["optimizer"])
+        scheduler.load_state_dict(last["resume"]["scheduler"])
+        first, best_score, stale = last["epoch"] + 1, last["resume"]["best_score"], last["resume"]["stale"]
+        torch.set_rng_state(last["resume"]["torch_rng"])
+        history = [row for row in read_metrics(run_dir) if row["epoch"] < first]  # the logger rewrites the file
+        best_row = next(row for row in history if row["epoch"] == last["resume"]["best_epoch"])
     model, optimizer = fabric.setup(net, optimizer)
 
     def loader(data: WindowDataset, shuffle: bool) -> DataLoader:
@@ -338,13 +350,17 @@ def fit(
         loggers.append(CSVLogger(run_dir, name="", version=""))
         if importlib.util.find_spec("tensorboard") is not None:
             loggers.append(TensorBoardLogger(run_dir, name="tensorboard", version=""))
-        for logger in loggers:
-            logger.experiment  # noqa: B018 - creates the log files before config.yaml joins them
+        with warnings.catch_warnings():
+            if history:  # resuming: the old rows are logged again just below
+                warnings.filterwarnings("ignore", message="Experiment logs directory")
+            for logger in loggers:
+                logger.experiment  # noqa: B018 - creates the log files before config.yaml joins them
         (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        for row in history:
+            loggers[0].log_metrics(row, step=row["epoch"])
 
-    best_score, best_row, stale = -math.inf, {}, 0
-    with progress_bar(hyper.epochs, f"training {run_dir.name}", "epoch", progress and fabric.is_global_zero) as bar:
-        for epoch in range(1, hyper.epochs + 1):
+    with progress_bar(hyper.epochs, f"training {run_dir.name}", "epoch", progress and fabric.is_global_zero, initial=first - 1) as bar:
+        for epoch in range(first, hyper.epochs + 1):
             started = time.perf_counter()
             batches = progress and fabric.is_global_zero
             row: dict[str, Any] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
@@ -357,12 +373,25 @@ def fit(
             # every process decides on the same number, so they stop together under DDP
             score = fabric.broadcast(row[monitor] if math.isfinite(row[monitor]) else -math.inf)
             improved = score > best_score or not best_row
+            if improved:
+                best_score, best_row, stale = score, row, 0
+            else:
+                stale += 1
+            scheduler.step(score if math.isfinite(score) else -1.0)
             metrics = {k: v for k, v in row.items() if k.startswith("val_" if val_videos else "train_")}
             if fabric.is_global_zero:
                 for logger in loggers:
                     logger.log_metrics(row, step=epoch)
                     logger.save()
-                save(run_dir / "last.ckpt", net, stats, pool.provenance, config, epoch, metrics)
+                resume = {
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "best_score": float(best_score),
+                    "best_epoch": int(best_row["epoch"]),
+                    "stale": stale,
+                    "torch_rng": torch.get_rng_state(),  # shuffling and dropout continue as if never stopped
+                }
+                save(run_dir / "last.ckpt", net, stats, pool.provenance, config, epoch, metrics, resume)
                 if improved:
                     save(run_dir / "best.ckpt", net, stats, pool.provenance, config, epoch, metrics)
             log.info(
@@ -370,11 +399,6 @@ def fit(
                 epoch, hyper.loss, row[f"train_{hyper.loss.replace('-', '_')}_loss"], monitor, row[monitor],
                 " (best)" if improved else "",
             )
-            if improved:
-                best_score, best_row, stale = score, row, 0
-            else:
-                stale += 1
-            scheduler.step(score if math.isfinite(score) else -1.0)
             bar.update()
             bar.set_postfix({monitor: f"{row[monitor]:.3f}"})
             if stale >= hyper.early_stopping:
@@ -514,6 +538,60 @@ def train(
             run_dir, config, train_seed + k, workers, progress,
         )
         results.append({"fold": k + 1, **best})
+    if folds and fabric.is_global_zero:
+        write_fold_summary(root, results)
+    return root
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The rows of a run's ``metrics.csv``, numbers parsed (``epoch`` as int)."""
+    path = run_dir / "metrics.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="") as fh:
+        rows = [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(fh)]
+    for row in rows:
+        row["epoch"] = int(row["epoch"])
+    return rows
+
+
+def resume(run: str | Path, epochs: int | None = None, device: str = "auto", workers: int | None = None, progress: bool = True) -> Path:
+    """Continue an interrupted ``train`` run from its ``last.ckpt``, with the same
+    configuration and split (``config.yaml``); for a k-fold run, every fold that has
+    not finished.  ``epochs`` raises the epoch limit.  Returns the run folder."""
+    root = Path(run)
+    folds = sorted(root.glob("fold-*/config.yaml"), key=lambda p: int(p.parent.name.split("-")[1]))
+    configs = folds or [root / "config.yaml"]
+    if not configs[0].is_file():
+        raise FileNotFoundError(f"{root}: no config.yaml; --resume takes a run folder made by `vidaffect train`")
+    fabric = make_fabric(device)
+    fabric.launch()
+    results = []
+    for path in configs:
+        run_dir = path.parent
+        config = yaml.safe_load(path.read_text())
+        hyper = Hyper(**{f.name: config[f.name] for f in fields(Hyper)})
+        if epochs is not None:
+            hyper.epochs = config["epochs"] = epochs
+        last = read(run_dir / "last.ckpt") if (run_dir / "last.ckpt").is_file() else None
+        if last is not None and "resume" not in last:
+            raise ValueError(f"{run_dir / 'last.ckpt'} holds no optimizer state (made by an older vidaffect); it cannot be resumed")
+        if last is not None and (last["epoch"] >= hyper.epochs or last["resume"]["stale"] >= hyper.early_stopping):
+            log.info("%s: finished at epoch %d; nothing to resume", run_dir, last["epoch"])
+            results.append({"fold": config["split"]["fold"], **next(r for r in read_metrics(run_dir) if r["epoch"] == last["resume"]["best_epoch"])})
+            continue
+        pool = gather(Path(config["store"]), Path(config["annotations"]), Path(config["val_annotations"]) if config["val_annotations"] else None, hyper.net)
+        videos = {v.video_id: v for v in pool.train + pool.val}
+        missing = sorted(set(config["split"]["train"] + config["split"]["val"]) - set(videos))
+        if missing:
+            raise ValueError(f"{run_dir}: videos of its split are no longer in {config['store']}: {', '.join(missing[:5])}")
+        log.info("%s: resuming after epoch %d of %d", run_dir, last["epoch"] if last else 0, hyper.epochs)
+        n_workers = workers if workers is not None else config["workers"]
+        best = fit(
+            fabric, hyper, [videos[v] for v in config["split"]["train"]], [videos[v] for v in config["split"]["val"]], pool,
+            run_dir, config, config["seed"] + (config["split"]["fold"] or 1) - 1, n_workers, progress, last,
+        )
+        results.append({"fold": config["split"]["fold"], **best})
     if folds and fabric.is_global_zero:
         write_fold_summary(root, results)
     return root
