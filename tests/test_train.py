@@ -204,6 +204,16 @@ def test_resumed_run_continues_exactly_where_it_stopped(project, tmp_path):
     assert (stopped / "metrics.csv").read_text() == before
 
 
+def test_resume_continues_every_fold(project, tmp_path):
+    root = train(store=project / "features", annotations=project / "annotations", out=tmp_path / "k", folds=2, epochs=1, seed=0, **FAST)
+    (root / "folds.csv").unlink()
+    resume(root, epochs=2, device="cpu", progress=False)
+    for fold in ("fold-1", "fold-2"):
+        assert [r["epoch"] for r in read_metrics(root / fold)] == ["1", "2"]
+    with open(root / "folds.csv") as fh:
+        assert [r["fold"] for r in csv.DictReader(fh)] == ["1", "2", "mean", "std"]
+
+
 def test_resume_refuses_other_options_and_non_runs(project, tmp_path):
     from click.testing import CliRunner
 
