@@ -25,7 +25,7 @@ import numpy as np
 from vidaffect import stages as stage_api
 from vidaffect.progress import configure_logging, progress_bar
 from vidaffect.recipe import load_recipe
-from vidaffect.store import StoreWriter, locked, read_rows, stage_hashes, store_path
+from vidaffect.store import StoreWriter, completed_stages, locked, read_rows, store_path
 from vidaffect.video import AudioChunk, VideoError, VideoSource, decode, find_videos, probe
 
 log = logging.getLogger(__name__)
@@ -144,8 +144,8 @@ class Extractor:
             info = probe(source)
             path = store_path(self.store, source.video_id)
             with locked(path):
-                existing = stage_hashes(path, info)
-                todo = [n for n in self.plan.order if self.force or existing.get(n) != self.plan.hashes[n]]
+                existing = completed_stages(path, info)
+                todo = [n for n in self.plan.order if self.force or existing.get(n, ("", ""))[1] != self.plan.hashes[n]]
                 if not todo:
                     result.status = "skipped"
                     return result
@@ -163,7 +163,7 @@ class Extractor:
             log.error("%s: %s", source.path, result.reason)
         return result
 
-    def _extract(self, info, path: Path, todo: list[str], existing: dict[str, str], on_frames) -> int:
+    def _extract(self, info, path: Path, todo: list[str], existing: dict[str, tuple[str, str]], on_frames) -> int:
         stages = {n: self.stages[n] for n in todo}
         needed_by_others = {dep for n in todo for dep in stages[n].requires}
         cached_inputs = [
@@ -173,7 +173,7 @@ class Extractor:
             for d in self.stages[dep].outputs()
         ]
         todo_groups = {stages[n].group_name() for n in todo}
-        keep = [g for g in _completed_groups(path, existing) if g not in todo_groups]
+        keep = [g for g, _ in existing.values() if g not in todo_groups]
         groups = {
             s.group_name(): (n, s.outputs(), stage_api.params_dict(s.params), self.plan.hashes[n], s.version)
             for n, s in stages.items()
@@ -249,13 +249,6 @@ class Extractor:
         finally:
             if old is not None:
                 old.close()
-
-
-def _completed_groups(path: Path, existing: dict[str, str]) -> list[str]:
-    if not existing:
-        return []
-    with h5py.File(path, "r") as h5:
-        return [g for g in h5 if isinstance(h5[g], h5py.Group) and "params_hash" in h5[g].attrs]
 
 
 # --- worker processes -------------------------------------------------------------

@@ -79,9 +79,10 @@ def source_matches(h5: h5py.File, info: VideoInfo) -> bool:
     return int(h5.attrs.get("size", -1)) == info.size and float(h5.attrs.get("mtime", -1)) == info.mtime
 
 
-def stage_hashes(path: Path, info: VideoInfo) -> dict[str, str]:
-    """params_hash of every completed stage group in an existing store, or {} when the
-    store is missing, unreadable or was made from a different version of the video."""
+def completed_stages(path: Path, info: VideoInfo) -> dict[str, tuple[str, str]]:
+    """Every completed stage of an existing store: stage name -> (group, params_hash);
+    {} when the store is missing, unreadable or was made from a different version of
+    the video."""
     if not path.exists():
         return {}
     try:
@@ -90,7 +91,7 @@ def stage_hashes(path: Path, info: VideoInfo) -> dict[str, str]:
                 log.info("%s: source video changed since extraction; recomputing", path)
                 return {}
             return {
-                h5[g].attrs["stage"]: h5[g].attrs["params_hash"]
+                h5[g].attrs["stage"]: (g, h5[g].attrs["params_hash"])
                 for g in h5
                 if isinstance(h5[g], h5py.Group) and "params_hash" in h5[g].attrs
             }
