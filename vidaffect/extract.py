@@ -44,6 +44,12 @@ class VideoResult:
     stages: list[str] = field(default_factory=list)
 
 
+def failure_reason(exc: Exception) -> str:
+    """One summary line for an unexpected error: its type and first message line."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
 @dataclass
 class Summary:
     results: list[VideoResult]
@@ -157,7 +163,7 @@ class Extractor:
             raise
         except Exception as exc:  # one video's failure must not stop the batch
             log.debug("%s failed", source.path, exc_info=True)
-            result.reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            result.reason = failure_reason(exc)
         result.seconds = time.perf_counter() - t0
         if result.status == "failed":
             log.error("%s: %s", source.path, result.reason)

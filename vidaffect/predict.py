@@ -42,7 +42,7 @@ import torch
 from vidaffect import stages as stage_api
 from vidaffect.checkpoint import LoadedModel, check_store, load_model
 from vidaffect.dataset import MODALITIES, frame_count, load_inputs
-from vidaffect.extract import Summary, VideoResult, extract, resolve_device
+from vidaffect.extract import Summary, VideoResult, extract, failure_reason, resolve_device
 from vidaffect.progress import progress_bar
 from vidaffect.store import store_path
 from vidaffect.writers import PredictionWriter, open_writer
@@ -222,7 +222,7 @@ def _predict_video(loaded: LoadedModel, path: Path, source: VideoResult, writer:
         raise
     except Exception as exc:  # one video's failure must not stop the batch
         log.debug("%s failed", path, exc_info=True)
-        result.reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        result.reason = failure_reason(exc)
         log.error("%s: %s", source.path, result.reason)
     result.seconds = time.perf_counter() - t0
     return result
