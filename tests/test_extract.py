@@ -195,12 +195,17 @@ def test_bad_inputs_fail_one_by_one_and_the_batch_goes_on(media, tmp_path):
     assert sorted(p.name for p in (tmp_path / "f").glob("*.h5")) == ["good.h5"]
 
 
-def _extract_as_nobody(conn, clip, store):
-    # root reads any file, so the check runs in a child that dropped its privileges.
-    if os.geteuid() == 0:
-        os.setgid(65534)
-        os.setuid(65534)
-    conn.send([(r.status, r.reason) for r in extract([clip], store, stages=["mel"]).results])
+def _run_as_nobody(conn, extractor, source):
+    # root reads any file, so the check runs in a child that dropped its privileges;
+    # everything that reads the checkout (recipe, modules) happened before the fork.
+    try:
+        if os.geteuid() == 0:
+            os.setgid(65534)
+            os.setuid(65534)
+        result = extractor.run(source)
+        conn.send((result.status, result.reason))
+    except BaseException as exc:
+        conn.send(("crashed", repr(exc)))
 
 
 def test_unreadable_file_is_reported(media, tmp_path):
@@ -208,7 +213,7 @@ def test_unreadable_file_is_reported(media, tmp_path):
 
     import av  # noqa: F401  (imported before dropping privileges)
 
-    import vidaffect.audio  # noqa: F401
+    from vidaffect.extract import Extractor, Plan
 
     clip = make_video(media / "secret.mp4", noise_frames(5))
     clip.chmod(0)
@@ -218,12 +223,14 @@ def test_unreadable_file_is_reported(media, tmp_path):
     for folder in (media, *media.parents):  # let the unprivileged child reach the files
         if folder.owner() == "root" and folder.stat().st_mode & 0o001 == 0:
             folder.chmod(folder.stat().st_mode | 0o001)
-    parent, child = multiprocessing.get_context("fork").Pipe()
-    proc = multiprocessing.get_context("fork").Process(target=_extract_as_nobody, args=(child, clip, store))
+    extractor = Extractor(store, Plan.make(["mel"]))
+    ctx = multiprocessing.get_context("fork")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_run_as_nobody, args=(child, extractor, VideoSource(clip, "secret")))
     proc.start()
     assert parent.poll(60), "the child process did not answer"
     proc.join()
-    assert parent.recv() == [("failed", "permission denied (file is not readable)")]
+    assert parent.recv() == ("failed", "permission denied (file is not readable)")
 
 
 def test_usage_error_exits_2(clip, tmp_path):
