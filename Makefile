@@ -14,7 +14,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet "$(TORCH)"
-	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet -e ".[test,lint]"
 	touch $@
 
 test: install
@@ -39,6 +39,7 @@ bench: install
 
 lint: install
 	$(BIN)/ruff check vidaffect tests scripts
+	$(BIN)/mypy vidaffect
 
 clean:
 	rm -rf $(DEMO) build dist *.egg-info .pytest_cache

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 from skimage import data
 
-from vidaffect.synthetic import make_video
+from vidaffect.bench.media import make_video
 
 FPS, SECONDS, SR = 25, 4, 22050
 W, H = 640, 360

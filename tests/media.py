@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-# The package makes videos for `vidaffect bench` too; one encoder serves both.
-from vidaffect.synthetic import astronaut_frame, make_video  # noqa: F401  (re-exported)
+# The package makes videos for `vidaffect bench` too; one writer serves both.
+from vidaffect.bench.media import astronaut_frame, make_video  # noqa: F401  (re-exported)
 
 
 def noise_frames(n: int, h: int = 64, w: int = 96, seed: int = 0) -> list[np.ndarray]:

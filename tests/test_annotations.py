@@ -3,7 +3,7 @@ import logging
 import numpy as np
 import pytest
 
-from vidaffect.annotations import AnnotationIndex, read_annotation
+from vidaffect.io.annotations import AnnotationIndex, read_annotation
 
 
 def write(path, text):

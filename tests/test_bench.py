@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from vidaffect.bench import SIZES, bench, evaluate_targets, format_table, peak_rss_mb, reset_peak_rss, serial_bound_fps
+from vidaffect.bench.context import SIZES
+from vidaffect.bench.memory import peak_rss_mb, reset_peak_rss
+from vidaffect.bench.run import bench
+from vidaffect.bench.targets import evaluate_targets, format_table, serial_bound_fps
 
 FIGURES = [
     "decode_fps",

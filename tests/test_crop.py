@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from vidaffect.crop import crop_face, crop_faces, crop_matrix, eye_line_angle, face_rows_valid
+from vidaffect.stages.crop import crop_face, crop_faces, crop_matrix, eye_line_angle, face_rows_valid
 
 
 def coordinate_image(h: int = 240, w: int = 320) -> np.ndarray:

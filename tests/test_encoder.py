@@ -5,11 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from vidaffect import encoder as enc
-from vidaffect.crop import IMAGENET_MEAN, IMAGENET_STD
-from vidaffect.encoder import CropEncoder, EncoderParams, WeightsError, fetch_weights, load_encoder
-from vidaffect.resnet import FEATURES, ResNet50
-from vidaffect.stages import params_hash
+from vidaffect.stages import weights as enc
+from vidaffect.stages.crop import IMAGENET_MEAN, IMAGENET_STD
+from vidaffect.stages.embed import EncoderParams
+from vidaffect.stages.encoder import CropEncoder, load_encoder
+from vidaffect.stages.registry import params_hash
+from vidaffect.stages.resnet import FEATURES, ResNet50
+from vidaffect.stages.weights import WeightsError, fetch_weights
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +177,7 @@ def test_weights_file_content_is_part_of_the_parameters(model_and_file, tmp_path
     copy = tmp_path / "changed.pth"
     copy.write_bytes(path.read_bytes() + b"\0")
     b = EncoderParams(weights=str(copy))
-    from vidaffect.encoder import EmbedStage
+    from vidaffect.stages.embed import EmbedStage
 
     assert params_hash(EmbedStage, a, []) != params_hash(EmbedStage, b, [])
     with pytest.raises(ValueError, match="SHA-256 is"):

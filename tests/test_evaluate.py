@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from vidaffect.cli import main
-from vidaffect.evaluate import evaluate
+from vidaffect.commands.evaluate import evaluate
 
 HEADER = "video,frame,timestamp,valence,arousal,face\n"
 

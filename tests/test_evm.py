@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from vidaffect.evm import (
-    EvmParams,
+from vidaffect.stages.evm import EvmParams
+from vidaffect.stages.magnify import (
     EvmSettings,
     Magnifier,
     bandpass_sos,
@@ -123,7 +123,7 @@ def test_stores_carry_embed_and_evm_rows_with_validity(media, tmp_path):
     import h5py
     from media import astronaut_frame, make_video
 
-    from vidaffect.extract import extract
+    from vidaffect.commands.extract import extract
 
     face = astronaut_frame().astype(np.float32)
     t = np.arange(20) / 25.0
@@ -164,10 +164,10 @@ def test_stores_carry_embed_and_evm_rows_with_validity(media, tmp_path):
 
 
 def test_an_aborted_run_leaves_no_partial_magnified_video(tmp_path):
-    from vidaffect.evm import EvmStage
-    from vidaffect.stages import Batch
-    from vidaffect.synthetic import astronaut_frame
-    from vidaffect.video import VideoInfo
+    from vidaffect.bench.media import astronaut_frame
+    from vidaffect.io.video import VideoInfo
+    from vidaffect.stages.base import Batch
+    from vidaffect.stages.evm import EvmStage
 
     n = 24  # enough frames for the H.264 encoder to emit its first packets
     stage = EvmStage(EvmParams(weights="random", save_video=True, batch_size=n), "cpu")

@@ -14,8 +14,8 @@ from click.testing import CliRunner
 from media import astronaut_frame, make_video, noise_frames, tone
 
 from vidaffect.cli import main
-from vidaffect.extract import extract
-from vidaffect.video import AudioChunk, VideoSource, decode, find_videos, probe
+from vidaffect.commands.extract import extract
+from vidaffect.io.video import AudioChunk, VideoSource, decode, find_videos, probe
 
 VIDAFFECT = [sys.executable, "-m", "vidaffect"]
 
@@ -213,7 +213,7 @@ def test_unreadable_file_is_reported(media, tmp_path):
 
     import av  # noqa: F401  (imported before dropping privileges)
 
-    from vidaffect.extract import Extractor, Plan
+    from vidaffect.extraction.engine import Extractor, Plan
 
     clip = make_video(media / "secret.mp4", noise_frames(5))
     clip.chmod(0)

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from media import astronaut_frame, make_video
 
-from vidaffect.extract import extract
-from vidaffect.face import FaceParams, FaceStage
-from vidaffect.landmarks import MESH_TO_FACE70
-from vidaffect.stages import Batch
-from vidaffect.video import VideoInfo
+from vidaffect.commands.extract import extract
+from vidaffect.io.video import VideoInfo
+from vidaffect.stages.base import Batch
+from vidaffect.stages.face import FaceParams, FaceStage
+from vidaffect.stages.layouts import MESH_TO_FACE70
 
 DATA = Path(__file__).parent / "data"
 # Face boxes (x, y, w, h) of the photographs, from MediaPipe's detector.

@@ -11,10 +11,11 @@ from click.testing import CliRunner
 from media import make_video, noise_frames
 
 from vidaffect.cli import main
-from vidaffect.extract import extract
-from vidaffect.face import FaceParams, FaceStage
-from vidaffect.importers import read_openface, read_openpose
-from vidaffect.landmarks import BODY25_TO_COCO18
+from vidaffect.commands.extract import extract
+from vidaffect.stages.face import FaceParams, FaceStage
+from vidaffect.stages.layouts import BODY25_TO_COCO18
+from vidaffect.stages.openface import read_openface
+from vidaffect.stages.openpose import read_openpose
 
 DATA = Path(__file__).parent / "data"
 # A real 68-point face layout (pixels) to build rows from.

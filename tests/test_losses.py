@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from vidaffect.losses import (
+from vidaffect.learn.losses import (
     LOSSES,
     ccc_per_dim,
     get_loss,

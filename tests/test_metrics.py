@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from vidaffect.metrics import ccc, frame_metrics, mse, pcc, rmse, sagr, summarize
+from vidaffect.learn.metrics import ccc, frame_metrics, mse, pcc, rmse, sagr, summarize
 
 # x = 1,2,3,4  y = 2,2,4,4
 # means 2.5, 3; population variances 1.25, 1; covariance (1.5*1 + .5*1 + .5*1 + 1.5*1)/4 = 1

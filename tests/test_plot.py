@@ -7,8 +7,8 @@ from click.testing import CliRunner
 from matplotlib.image import imread
 
 from vidaffect.cli import main
-from vidaffect.plot import ANNOTATION_COLOR, DPI, NO_FACE_COLOR, PLANE_SIZE, PREDICTION_COLOR, TIME_SIZE, plot
-from vidaffect.writers import CsvWriter
+from vidaffect.commands.plot import ANNOTATION_COLOR, DPI, NO_FACE_COLOR, PLANE_SIZE, PREDICTION_COLOR, TIME_SIZE, plot
+from vidaffect.io.predictions import CsvWriter
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 N = 200

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from media import astronaut_frame, make_video
 
-from vidaffect.extract import extract
-from vidaffect.landmarks import COCO18_NAMES, pose33_to_coco18
-from vidaffect.pose import PoseParams, PoseStage
-from vidaffect.stages import Batch
-from vidaffect.video import VideoInfo
+from vidaffect.commands.extract import extract
+from vidaffect.io.video import VideoInfo
+from vidaffect.stages.base import Batch
+from vidaffect.stages.layouts import COCO18_NAMES, pose33_to_coco18
+from vidaffect.stages.pose import PoseParams, PoseStage
 
 ASTRONAUT_FACE = (173.7, 67.8, 103.9, 103.9)  # x, y, w, h in the 512 px photograph
 K = {name: i for i, name in enumerate(COCO18_NAMES)}

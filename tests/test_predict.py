@@ -14,15 +14,17 @@ import torch
 from click.testing import CliRunner
 from media import astronaut_frame, make_video, noise_frames, tone
 
-from vidaffect.annotations import read_annotation
-from vidaffect.checkpoint import load_model
+from vidaffect.bench.media import random_arrays, write_store
 from vidaffect.cli import main
-from vidaffect.dataset import load_inputs
-from vidaffect.extract import extract
-from vidaffect.predict import find_model, predict, predict_windows
-from vidaffect.synthetic import random_arrays, write_store
-from vidaffect.train import train
-from vidaffect.writers import COLUMNS, CsvWriter, read_predictions
+from vidaffect.commands.extract import extract
+from vidaffect.commands.predict import predict
+from vidaffect.commands.train import train
+from vidaffect.io.annotations import read_annotation
+from vidaffect.io.predictions import COLUMNS, CsvWriter, read_predictions
+from vidaffect.learn.checkpoint import load_model
+from vidaffect.learn.inference import predict_windows
+from vidaffect.learn.modalities import load_inputs
+from vidaffect.learn.runs import find_best as find_model
 
 FPS = 25
 LENGTHS = {"c0": 40, "c1": 55, "c2": 70, "sub/c3": 130}  # video id -> frames

@@ -1,5 +1,5 @@
 """Training on feature stores written with the extract engine's own store writer
-(`vidaffect.synthetic.write_store`), where arousal follows the loudness of the audio."""
+(`vidaffect.bench.media.write_store`), where arousal follows the loudness of the audio."""
 
 import csv
 import logging
@@ -12,13 +12,13 @@ import torch
 import yaml
 from media import make_video
 
-from vidaffect.annotations import read_annotation
-from vidaffect.checkpoint import check_store, describe, load_model
-from vidaffect.dataset import load_inputs
-from vidaffect.extract import extract
-from vidaffect.metrics import summarize
-from vidaffect.synthetic import random_arrays, write_store
-from vidaffect.train import make_splits, resume, train
+from vidaffect.bench.media import random_arrays, write_store
+from vidaffect.commands.extract import extract
+from vidaffect.commands.train import make_splits, resume, train
+from vidaffect.io.annotations import read_annotation
+from vidaffect.learn.checkpoint import check_store, describe, load_model
+from vidaffect.learn.metrics import summarize
+from vidaffect.learn.modalities import load_inputs
 
 FRAMES = 240
 

@@ -1,43 +1,97 @@
-"""The `vidaffect` command: a thin layer over the package's functions.
+"""The `vidaffect` command: a thin layer over the functions of :mod:`vidaffect.commands`.
 
 Exit status: 0 when everything asked for succeeded, 1 when some inputs failed (the
-rest were still done and the failures are listed), 2 for usage errors.
+rest were still done and the failures are listed) or vidaffect itself failed, 2 for
+usage errors (:class:`vidaffect.errors.UserError`).
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
 from vidaffect import __version__
-from vidaffect.progress import setup_logging, show_progress
-from vidaffect.stages import SetupError
+from vidaffect.errors import SetupError, UserError
+from vidaffect.io.predictions import FORMATS
+from vidaffect.io.recipe import DEFAULT_RECIPE, load_recipe
+from vidaffect.stages.registry import STAGE_CLASSES
+from vidaffect.util.device import DEVICES
+from vidaffect.util.terminal import setup_logging, show_progress
 
-DEVICE = click.Choice(["auto", "cpu", "cuda"], case_sensitive=False)
+log = logging.getLogger(__name__)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class LazyChoice(click.Choice):
+    """A choice whose values are read from the package when first needed: the network
+    and loss tables import PyTorch, which ``vidaffect --help`` should not wait for."""
+
+    def __init__(self, load: Callable[[], Iterable[str]]) -> None:
+        self._load = load
+        self._loaded: tuple[str, ...] | None = None
+        self.case_sensitive = True
+
+    def __getattribute__(self, name: str) -> Any:
+        if name == "choices":
+            if self._loaded is None:
+                self._loaded = tuple(self._load())
+            return self._loaded
+        return super().__getattribute__(name)
+
+
+def _networks() -> list[str]:
+    from vidaffect.learn.networks import NETWORKS
+
+    return sorted(NETWORKS)
+
+
+def _losses() -> list[str]:
+    from vidaffect.learn.losses import LOSSES
+
+    return sorted(LOSSES)
+
+
+DEVICE = click.Choice(DEVICES, case_sensitive=False)
+TRAIN_DEFAULTS = load_recipe(DEFAULT_RECIPE)["train"]  # the one place training defaults live
+
+
+def recipe_default(key: str) -> str:
+    return f"  [default: {TRAIN_DEFAULTS[key]}, from the {DEFAULT_RECIPE} recipe]"
 
 
 class State:
     quiet = False
 
 
-def usage_errors(fn):
-    """Turn our ValueError/FileNotFoundError (bad options, missing inputs) into click's
-    usage error (one line, exit status 2, no traceback) and a SetupError (a model file
-    missing) into a one-line error with exit status 1."""
+def handle_errors(fn: F) -> F:
+    """User errors become click's usage error (one line, exit status 2), a machine that
+    cannot run a stage a one-line error (exit status 1), and anything else a one-line
+    internal error (exit status 1) whose traceback ``-v`` shows."""
 
     @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (ValueError, FileNotFoundError) as exc:
+        except UserError as exc:
             raise click.UsageError(str(exc)) from None
         except SetupError as exc:
             raise click.ClickException(str(exc)) from None
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            from vidaffect.extraction.summary import failure_reason
 
-    return wrapper
+            log.debug("vidaffect failed", exc_info=True)
+            hint = "" if log.isEnabledFor(logging.DEBUG) else " (run with -v for the traceback)"
+            raise click.ClickException(f"internal error: {failure_reason(exc)}{hint}") from None
+
+    return wrapper  # type: ignore[return-value]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -61,24 +115,27 @@ def main(verbose: int, quiet: bool) -> None:
 @main.command()
 @click.argument("videos", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--store", default="features", show_default=True, type=click.Path(path_type=Path), help="Folder of the per-video HDF5 feature stores.")
-@click.option("--stages", help="Comma-separated stages to run (dependencies are added): face,pose,embed,evm,mel. Default: the recipe's.")
-@click.option("--recipe", help="Built-in recipe name or YAML file naming stages and parameters.  [default: thesis]")
-@click.option("--set", "assignments", multiple=True, metavar="STAGE.PARAM=VALUE", help="Override one stage parameter, e.g. --set face.min_detection_confidence=0.3 (repeatable).")
+@click.option("--stages", help=f"Comma-separated stages to run (dependencies are added): {','.join(STAGE_CLASSES)}.  [default: the recipe's]")
+@click.option("--recipe", help=f"Built-in recipe name or YAML file naming stages and parameters.  [default: {DEFAULT_RECIPE}]")
+@click.option("--set", "assignments", multiple=True, metavar="STAGE.PARAM=VALUE", help="Override one stage parameter, e.g. --set face.min_detection_confidence=0.3 (repeatable; `vidaffect info --recipe NAME` lists them).")
 @click.option("--encoder-weights", help="ResNet-50 weights for embed/evm: a state-dict/checkpoint PATH, 'imagenet' (downloaded once) or 'random'.")
 @click.option("--save-evm-video", is_flag=True, help="Also write the magnified face video next to each store (<video-id>.evm.mp4).")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1), help="Videos processed in parallel processes.")
 @click.option("--device", default="auto", show_default=True, type=DEVICE, help="Device of the neural stages; auto = CUDA when available.")
 @click.option("--force", is_flag=True, help="Re-run the stages even when their cached parameters match.")
-@usage_errors
-def extract(videos, store, stages, recipe, assignments, encoder_weights, save_evm_video, workers, device, force) -> None:
+@handle_errors
+def extract(
+    videos: tuple[Path, ...], store: Path, stages: str | None, recipe: str | None, assignments: tuple[str, ...],
+    encoder_weights: str | None, save_evm_video: bool, workers: int, device: str, force: bool,
+) -> None:  # fmt: skip
     """Extract features of VIDEOS (files or folders, searched recursively) into STORE.
 
     Each video gets STORE/<video-id>.h5 (video id = path relative to the folder given,
     without extension).  Finished stages are skipped, so an interrupted run resumes;
     one bad video never stops the batch.  Exit status 1 when some videos failed.
     """
-    from vidaffect.extract import extract as run_extract
-    from vidaffect.recipe import parse_assignments
+    from vidaffect.commands.extract import extract as run_extract
+    from vidaffect.io.recipe import parse_assignments
 
     params = parse_assignments(list(assignments))
     if encoder_weights:
@@ -96,9 +153,9 @@ def extract(videos, store, stages, recipe, assignments, encoder_weights, save_ev
 
 @main.command()
 @click.argument("target", required=False, type=click.Path(exists=True, path_type=Path))
-@click.option("--recipe", help="Show a recipe's stages with every parameter (defaults filled in).")
-@usage_errors
-def info(target, recipe) -> None:
+@click.option("--recipe", help="Show a recipe's stages with every parameter (defaults filled in) and what each means.")
+@handle_errors
+def info(target: Path | None, recipe: str | None) -> None:
     """Show what a feature store folder, one store file or a checkpoint holds.
 
     \b
@@ -107,7 +164,7 @@ def info(target, recipe) -> None:
     vidaffect info runs/x/best.ckpt   network, inputs, training recipe, provenance
     vidaffect info --recipe thesis    stages and parameters of a recipe
     """
-    from vidaffect import info as info_mod
+    from vidaffect.commands import info as info_mod
 
     if recipe:
         click.echo(info_mod.describe_recipe(recipe))
@@ -119,33 +176,33 @@ def info(target, recipe) -> None:
 
 
 @main.command()
-@click.option("--net", type=click.Choice(["full", "without-mel", "audio", "pose"]), help="full: embed+landmarks+pose+mel; without-mel; audio: mel only; pose: pose only.  [default: recipe's, full]")
-@click.option("--loss", type=click.Choice(["mse", "ccc", "noninertial", "noninertial-ext"]), help="Training loss.  [default: recipe's, noninertial]")
+@click.option("--net", type=LazyChoice(_networks), help="Network to train (the README's network table says what each reads)." + recipe_default("net"))
+@click.option("--loss", type=LazyChoice(_losses), help="Training loss." + recipe_default("loss"))
 @click.option("--store", default="features", show_default=True, type=click.Path(path_type=Path), help="Feature store folder.")
 @click.option("--annotations", default="annotations", show_default=True, type=click.Path(path_type=Path), help="Folder of per-video annotation files (<video-id>.txt Aff-Wild2 style, or .csv).")
 @click.option("--val-annotations", type=click.Path(path_type=Path), help="Official validation annotations; when given, --val-split is not used.")
-@click.option("--val-split", type=click.FloatRange(0, 1, max_open=True), help="Fraction of videos held out for validation.  [default: 0.1]")
+@click.option("--val-split", type=click.FloatRange(0, 1, max_open=True), help="Fraction of videos held out for validation." + recipe_default("val_split"))
 @click.option("--folds", type=click.IntRange(2), help="K-fold cross-validation by video: one run per fold and a summary.")
 @click.option("--groups", type=click.Path(exists=True, path_type=Path), help="CSV video,subject: split by subject instead of by video.")
-@click.option("--seq-len", type=click.IntRange(1), help="Frames per training window.  [default: 256]")
-@click.option("--batch-size", type=click.IntRange(1), help="Windows per batch.  [default: 64]")
-@click.option("--epochs", type=click.IntRange(1), help="Maximum epochs.  [default: 70]")
-@click.option("--lr", type=click.FloatRange(0, min_open=True), help="SGD learning rate.  [default: 0.01]")
+@click.option("--seq-len", type=click.IntRange(1), help="Frames per training window." + recipe_default("seq_len"))
+@click.option("--batch-size", type=click.IntRange(1), help="Windows per batch." + recipe_default("batch_size"))
+@click.option("--epochs", type=click.IntRange(1), help="Maximum epochs." + recipe_default("epochs"))
+@click.option("--lr", type=click.FloatRange(0, min_open=True), help="Learning rate." + recipe_default("lr"))
 @click.option("--out", type=click.Path(path_type=Path), help="Run folder.  [default: ./runs/<net>-<loss>-<time>]")
 @click.option("--recipe", help="Built-in recipe name or YAML file (its train: section gives the defaults).")
 @click.option("--device", default="auto", show_default=True, type=DEVICE)
 @click.option("--seed", type=int, help="Random seed; makes a CPU run repeatable.")
 @click.option("--resume", type=click.Path(exists=True, file_okay=False, path_type=Path), help="Continue an interrupted run (its folder) from last.ckpt with its own configuration; --epochs may raise the limit.")
 @click.option("--workers", type=click.IntRange(0), help="DataLoader processes reading the stores (0 = main process).  [default: 0 on CPU, 4 on GPU]")
-@usage_errors
-def train(**options) -> None:
-    """Train a fusion network on the feature stores and annotations.
+@handle_errors
+def train(**options: Any) -> None:
+    """Train a network on the feature stores and annotations.
 
     Leaves runs/<name>/ with config.yaml, metrics.csv (every loss and CCC/PCC/RMSE/SAGR
     per epoch, train and validation), best.ckpt and last.ckpt.
     """
-    from vidaffect.train import resume
-    from vidaffect.train import train as run_train
+    from vidaffect.commands.train import resume
+    from vidaffect.commands.train import train as run_train
 
     options = {k: v for k, v in options.items() if v is not None}
     run = options.pop("resume", None)
@@ -162,25 +219,27 @@ def train(**options) -> None:
 @main.command()
 @click.argument("videos", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", default="results.csv", show_default=True, type=click.Path(path_type=Path), help="CSV file, or a folder with --format affwild2.")
-@click.option("--format", "fmt", default="csv", show_default=True, type=click.Choice(["csv", "affwild2"]), help="csv: one row per frame of every video; affwild2: one ABAW submission file per video.")
+@click.option("--format", "fmt", default="csv", show_default=True, type=click.Choice(FORMATS), help="csv: one row per frame of every video; affwild2: one ABAW submission file per video.")
 @click.option("--model", type=click.Path(exists=True, path_type=Path), help="Checkpoint.  [default: newest ./runs/*/best.ckpt]")
 @click.option("--store", default="features", show_default=True, type=click.Path(path_type=Path), help="Feature store folder (missing features are extracted into it).")
 @click.option("--encoder-weights", help="Encoder weights for features not yet extracted (PATH, imagenet or random).")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1), help="Parallel extraction processes.")
 @click.option("--device", default="auto", show_default=True, type=DEVICE)
-@usage_errors
-def predict(videos, out, fmt, model, store, encoder_weights, workers, device) -> None:
+@handle_errors
+def predict(
+    videos: tuple[Path, ...], out: Path, fmt: str, model: Path | None, store: Path, encoder_weights: str | None, workers: int, device: str
+) -> None:
     """Per-frame valence and arousal for VIDEOS (files or folders).
 
     Extracts whatever features the model needs that are not cached yet, then writes
     one row per frame: video, frame, timestamp, valence, arousal, face.
     """
-    from vidaffect.predict import predict as run_predict
+    from vidaffect.commands.predict import predict as run_predict
 
     summary = run_predict(
         list(videos), out=out, fmt=fmt, model=model, store=store, encoder_weights=encoder_weights,
         workers=workers, device=device, progress=show_progress(State.quiet),
-    )
+    )  # fmt: skip
     click.echo(summary.report(), err=bool(summary.failed))
     sys.exit(summary.exit_code)
 
@@ -189,11 +248,11 @@ def predict(videos, out, fmt, model, store, encoder_weights, workers, device) ->
 @click.argument("predictions", type=click.Path(exists=True, path_type=Path))
 @click.option("--annotations", default="annotations", show_default=True, type=click.Path(exists=True, path_type=Path), help="Annotation folder.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the metrics as JSON.")
-@usage_errors
-def evaluate(predictions, annotations, json_out) -> None:
+@handle_errors
+def evaluate(predictions: Path, annotations: Path, json_out: Path | None) -> None:
     """CCC, PCC, RMSE, MSE and SAGR of PREDICTIONS (a predict CSV) against annotations:
     pooled over all annotated frames (ABAW) and averaged per video, plus the ABAW score."""
-    from vidaffect.evaluate import evaluate as run_evaluate
+    from vidaffect.commands.evaluate import evaluate as run_evaluate
 
     click.echo(run_evaluate(predictions, annotations, json_out=json_out))
 
@@ -202,10 +261,10 @@ def evaluate(predictions, annotations, json_out) -> None:
 @click.argument("predictions", type=click.Path(exists=True, path_type=Path))
 @click.option("--annotations", type=click.Path(exists=True, path_type=Path), help="Draw the annotations too.")
 @click.option("--out", default="plots", show_default=True, type=click.Path(path_type=Path), help="Folder for the PNG files.")
-@usage_errors
-def plot(predictions, annotations, out) -> None:
+@handle_errors
+def plot(predictions: Path, annotations: Path | None, out: Path) -> None:
     """Per video: valence and arousal over time, and the valence-arousal plane (PNG)."""
-    from vidaffect.plot import plot as run_plot
+    from vidaffect.commands.plot import plot as run_plot
 
     paths = run_plot(predictions, annotations=annotations, out=out)
     click.echo(f"wrote {len(paths)} figure(s) to {out}")
@@ -215,10 +274,10 @@ def plot(predictions, annotations, out) -> None:
 @click.option("--quick", is_flag=True, help="Small media, about two minutes on 2 CPU cores.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write the figures as JSON.")
 @click.option("--device", default="auto", show_default=True, type=DEVICE)
-@usage_errors
-def bench(quick, json_out, device) -> None:
+@handle_errors
+def bench(quick: bool, json_out: Path | None, device: str) -> None:
     """Measure throughput and memory of every stage, training and prediction on this
     machine, on media it makes itself, and compare them with their targets."""
-    from vidaffect.bench import bench as run_bench
+    from vidaffect.bench.run import bench as run_bench
 
     click.echo(run_bench(quick=quick, json_out=json_out, device=device, progress=show_progress(State.quiet)))

@@ -1,0 +1,183 @@
+"""`vidaffect bench`: throughput and memory of every stage, of training and of
+prediction on this machine, compared with the project's targets.
+
+The benchmark makes its own media: 640x360 H.264 + AAC at 25 fps showing the
+astronaut photograph that scikit-image ships (one real face, about 100 px high,
+drifting slowly so the trackers work as on video), with a modulated tone for the
+audio.  The encoder runs with random weights: they cost exactly what trained weights
+cost, and need no download.
+
+Figures (the ``--json`` keys), all measured in this process unless said otherwise:
+
+``decode_fps``                 PyAV decoding (pictures and audio), frames/s
+``face_fps``, ``pose_fps``,    each stage alone on frames already decoded, frames/s
+``mel_fps``, ``evm_fps``       (``evm``: magnification and the encoder)
+``encoder_raw_fps``            the encoder's forward pass alone on a ready batch on the
+                               device: the limit of the crop-encoding stages, crops/s
+``encoder_stage_fps``          the ``embed`` stage: cropping, batching, transfers and
+                               the forward pass, frames/s (every frame has a face)
+``extract_fps``                ``Extractor`` with every default stage on one video,
+                               decoding and HDF5 writing included, models loaded before
+                               (``extract_serial_bound_fps``: the rate the figures above
+                               allow when the stages run one after another)
+``extract_workers_fps``        ``extract(workers=cores)`` on one video per core, wall
+                               time including starting the workers and their models
+``train_seq_per_s``            training windows/s read from stores by the DataLoader
+``train_seq_per_s_inmemory``   the same steps on batches already in memory
+``predict_fps``                prediction of a stored video: reading the store, the
+                               network, writing CSV rows, frames/s
+                               (``predict_fps_network``: the network alone)
+``extract_peak_rss_mb_short``  peak resident memory (MB) of a fresh process extracting
+``extract_peak_rss_mb_long``   a clip with every default stage, and a clip four times
+                               longer.  Each process first extracts a tiny clip, so
+                               libraries and models are loaded, then the peak is reset
+                               (Linux) and taken over the clip alone: the models count,
+                               start-up transients do not.  ``extract_rss_baseline_mb``
+                               is the memory before the clip,
+                               ``extract_rss_startup_peak_mb`` the start-up peak
+``device``, ``torch_version``, ``mediapipe_version``, ``cpu_count``, ``platform``
+
+Throughput figures are noisy on a shared machine; ``load_average_start`` and
+``load_average_end`` record how busy it was.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from vidaffect.bench import memory, pipeline, stages
+from vidaffect.bench.context import SIZES, BenchSize, Context, cores
+from vidaffect.bench.media import make_media
+from vidaffect.bench.targets import evaluate_targets, format_number, format_table, serial_bound_fps
+from vidaffect.errors import ParameterError
+from vidaffect.util.device import resolve_device
+from vidaffect.util.terminal import progress_bar
+
+log = logging.getLogger(__name__)
+
+
+def bench(
+    quick: bool = False,
+    json_out: str | Path | None = None,
+    device: str = "auto",
+    progress: bool = False,
+    size: str | None = None,
+) -> str:
+    """Measure this machine and compare the figures with their targets.
+
+    Parameters
+    ----------
+    quick : bool, default False
+        Small clips and few iterations: about two minutes on two CPU cores instead
+        of about ten.  Every figure is still measured.
+    json_out : str, Path or None, default None
+        Also write the figures, the targets and the machine as JSON to this file.
+    device : str, default "auto"
+        ``auto``, ``cpu`` or ``cuda`` for the encoder, training and prediction.
+    progress : bool, default False
+        Show a progress bar of the measurements.
+    size : str or None, default None
+        ``full``, ``quick`` or ``tiny`` (for tests: every figure in seconds); overrides
+        ``quick``.
+
+    Returns
+    -------
+    str
+        The table of figures and targets (met / missed).
+    """
+    name = size or ("quick" if quick else "full")
+    if name not in SIZES:
+        raise ParameterError(f"unknown bench size {name!r}; choose from {', '.join(SIZES)}")
+    results = run(SIZES[name], resolve_device(device), progress)
+    results["size"] = name
+    if json_out is not None:
+        Path(json_out).write_text(json.dumps(results, indent=2) + "\n")
+        log.info("figures written to %s", json_out)
+    return format_table(results)
+
+
+def run(size: BenchSize, device: str, progress: bool = False) -> dict[str, Any]:
+    """Every measurement at ``size`` on ``device`` (already resolved): the figures,
+    the targets and the machine, as the JSON file holds them."""
+    results: dict[str, Any] = machine_info(device)
+    results["load_average_start"] = _load_average()
+    with tempfile.TemporaryDirectory(prefix="vidaffect-bench-") as tmp:
+        work = Path(tmp)
+        steps: list[tuple[str, Callable[[Context], dict[str, Any]]]] = [
+            ("making media", make_media),
+            ("decoding", stages.measure_decode),
+            ("face stage", stages.measure_face),
+            ("pose stage", stages.measure_pose),
+            ("mel stage", stages.measure_mel),
+            ("encoder and embed stage", stages.measure_encoder),
+            ("evm stage", stages.measure_evm),
+            ("extraction, one video", pipeline.measure_extract),
+            ("extraction, --workers", pipeline.measure_workers),
+            ("training", pipeline.measure_train),
+            ("prediction", pipeline.measure_predict),
+            ("memory, short and long clip", memory.measure_rss),
+        ]
+        ctx = Context(size, device, work)
+        with progress_bar(len(steps), "bench", "step", progress) as bar:
+            for label, step in steps:
+                bar.set_description(label)
+                started = time.perf_counter()
+                figures = step(ctx)
+                results.update(figures)
+                log.info("%s (%.0f s): %s", label, time.perf_counter() - started, _brief(figures))
+                bar.update()
+    results["load_average_end"] = _load_average()
+    results["extract_serial_bound_fps"] = serial_bound_fps(results)
+    results["targets"] = evaluate_targets(results)
+    return results
+
+
+def machine_info(device: str) -> dict[str, Any]:
+    import torch
+
+    info: dict[str, Any] = {
+        "device": device,
+        "gpu": torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else "",
+        "cpu_count": cores(),
+        "cpu_model": _cpu_model(),
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "platform": platform.platform(),
+        "python_version": platform.python_version(),
+        "torch_version": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
+    for key, package in (("mediapipe_version", "mediapipe"), ("av_version", "av"), ("vidaffect_version", "vidaffect")):
+        try:
+            info[key] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            info[key] = "not installed"
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:  # not on Linux
+        lines = []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return names[0] if names else platform.processor()
+
+
+def _load_average() -> list[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return [0.0, 0.0, 0.0]
+
+
+def _brief(figures: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {format_number(v) if isinstance(v, float) else v}" for k, v in figures.items())

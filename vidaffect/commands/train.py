@@ -1,0 +1,281 @@
+"""`vidaffect train`: fit a network on feature stores and annotations.
+
+The flow, top to bottom:
+
+1. hyper-parameters: the recipe's ``train:`` section, overridden by the arguments
+   (:mod:`vidaffect.learn.hyper`);
+2. videos: every store in ``store`` with an annotation file (``annotations``, and
+   ``val_annotations`` for an official validation set), checked for the stages the
+   network needs (:func:`gather`);
+3. splits by video, or by subject with a grouping file, never by frame: one
+   validation split, an official validation set, or K folds
+   (:mod:`vidaffect.learn.splits`);
+4. per split, :func:`vidaffect.learn.loop.fit`: normalisation statistics from the
+   training videos, then epochs of SGD over shuffled windows, every loss and metric
+   logged on train and validation, ``best.ckpt`` (validation CCC mean) and
+   ``last.ckpt``, ReduceLROnPlateau and early stopping on the same number.
+
+:func:`resume` continues an interrupted run (every unfinished fold of a k-fold run)
+from its ``last.ckpt`` with its own configuration and split.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import yaml
+
+from vidaffect import __version__
+from vidaffect.errors import InputNotFound, ParameterError
+from vidaffect.io.annotations import AnnotationIndex, read_annotation
+from vidaffect.io.recipe import DEFAULT_RECIPE
+from vidaffect.io.store import list_stores
+from vidaffect.learn.checkpoint import random_encoder, read, stage_provenance
+from vidaffect.learn.dataset import VideoData
+from vidaffect.learn.hyper import Hyper, resolve_hyper
+from vidaffect.learn.loop import fit, make_fabric
+from vidaffect.learn.modalities import extract_hint, feature_dim, frame_count, missing_stages, stages_for
+from vidaffect.learn.networks import net_modalities
+from vidaffect.learn.runs import RunDir, fold_seed
+from vidaffect.learn.splits import make_splits, read_groups
+
+log = logging.getLogger(__name__)
+
+GPU_WORKERS = 4  # default DataLoader processes when training on a GPU
+
+
+@dataclass
+class Pool:
+    """The annotated videos found, with what the checkpoint must remember about them."""
+
+    train: list[VideoData]
+    val: list[VideoData]  # from --val-annotations, else empty
+    dims: dict[str, int]
+    provenance: dict[str, dict[str, Any]]
+
+
+def gather(store: Path, annotations: Path, val_annotations: Path | None, net: str) -> Pool:
+    """Stores with annotations, checked for the stages ``net`` needs and for equal
+    feature sizes; annotations read and cut to the video's frames."""
+    stores = list_stores(store)
+    modalities = net_modalities(net)
+    stages = stages_for(modalities)
+    if not stores:
+        raise ParameterError(f"no feature stores in {store}; {extract_hint(store, stages)}")
+    found = AnnotationIndex(annotations).find_all(list(stores))
+    val_found = AnnotationIndex(val_annotations).find_all(list(stores)) if val_annotations else {}
+    overlap = set(found) & set(val_found)
+    if overlap:
+        log.warning("%d video(s) have annotations in both folders; they are used for validation only", len(overlap))
+    pool = Pool([], [], {}, {})
+    lacking: dict[str, list[str]] = {}
+    hashes: dict[str, set[str]] = {}
+    for vid in sorted(set(found) | set(val_found)):
+        with h5py.File(stores[vid], "r") as h5:
+            missing = missing_stages(h5, modalities)
+            if missing:
+                for stage in missing:
+                    lacking.setdefault(stage, []).append(vid)
+                continue
+            dims = {m: feature_dim(h5, m) for m in modalities}
+            if pool.dims and dims != pool.dims:
+                raise ParameterError(f"{stores[vid]}: feature sizes {dims} differ from other stores' {pool.dims}; re-extract with one recipe")
+            pool.dims = dims
+            prov = stage_provenance(h5, stages)
+            pool.provenance = pool.provenance or prov
+            for stage, p in prov.items():
+                hashes.setdefault(stage, set()).add(p["params_hash"])
+            n = frame_count(h5)
+        path = val_found.get(vid) or found[vid]
+        video = VideoData(vid, stores[vid], read_annotation(path, n))
+        if not np.isfinite(video.labels).all(axis=1).any():
+            log.warning("%s: no annotated frame within the video's %d frames; not used", path, n)
+            continue
+        (pool.val if vid in val_found else pool.train).append(video)
+    if lacking:
+        stages_needed = sorted(lacking, key=stages.index)
+        example = lacking[stages_needed[0]][0]
+        raise ParameterError(
+            f"--net {net} needs {', '.join(stages_needed)} features that {max(map(len, lacking.values()))} store(s) in "
+            f"{store} lack (e.g. {stores[example]}); {extract_hint(store, stages_needed)}"
+        )
+    for stage, variants in hashes.items():
+        if len(variants) > 1:
+            log.warning("the stores hold %s features made with %d different parameter sets; mixing them may hurt", stage, len(variants))
+    if not pool.train:
+        raise ParameterError(f"no annotated training videos: stores in {store}, annotations in {annotations}")
+    return pool
+
+
+def train(
+    store: str | Path = "features",
+    annotations: str | Path = "annotations",
+    net: str | None = None,
+    loss: str | None = None,
+    out: str | Path | None = None,
+    val_annotations: str | Path | None = None,
+    val_split: float | None = None,
+    folds: int | None = None,
+    seq_len: int | None = None,
+    batch_size: int | None = None,
+    epochs: int | None = None,
+    lr: float | None = None,
+    device: str = "auto",
+    seed: int | None = None,
+    recipe: str | Path | None = None,
+    groups: str | Path | None = None,
+    progress: bool = True,
+    workers: int | None = None,
+    **hyper_overrides: Any,
+) -> Path:
+    """Train a network; returns the run folder.
+
+    Parameters
+    ----------
+    store : str or Path, default "features"
+        Folder of feature stores (``vidaffect extract --store``).
+    annotations : str or Path, default "annotations"
+        Folder of per-video annotation files (see :mod:`vidaffect.io.annotations`).
+    net, loss : str or None, default None
+        Network (``full``, ``without-mel``, ``audio``, ``pose``) and loss (``mse``,
+        ``ccc``, ``noninertial``, ``noninertial-ext``); None = the recipe's.
+    out : str, Path or None, default None
+        Run folder; None = ``runs/<net>-<loss>-<time>``.  With ``folds`` it holds
+        ``fold-<k>/`` runs and ``folds.csv``/``folds.json``.
+    val_annotations : str, Path or None, default None
+        Annotations of an official validation set (its videos must be in ``store``);
+        replaces ``val_split``.
+    val_split : float or None, default None
+        Fraction of videos (subjects with ``groups``) held out; recipe default 0.1;
+        0 = no validation.
+    folds : int or None, default None
+        K-fold cross-validation: K runs, each validating on one fold.
+    seq_len, batch_size, epochs, lr : int, int, int, float or None, default None
+        Frames per window, windows per batch, maximum epochs, SGD learning rate;
+        None = the recipe's.
+    device : str, default "auto"
+        "auto" (all GPUs when there are any), "cpu", "cuda" or "cuda:N".
+    seed : int or None, default None
+        Seeds weights, shuffling and dropout (a CPU run repeats exactly) and the split.
+        None = a random training seed; the split then uses seed 0, so runs without a
+        seed share their validation videos.  The seeds used are in ``config.yaml``.
+    recipe : str, Path or None, default None
+        Recipe name or YAML file whose ``train:`` section gives the defaults.
+    groups : str, Path or None, default None
+        ``video,subject`` CSV: split by subject.
+    progress : bool, default True
+        Progress bars over epochs and batches.
+    workers : int or None, default None
+        DataLoader worker processes reading the stores (0 = in the main process);
+        None = 0 on the CPU (reading is a few percent of a step there) and
+        :data:`GPU_WORKERS` on a GPU, which one reading process cannot keep busy.
+    **hyper_overrides
+        Other ``train:`` recipe keys: momentum, weight_decay, plateau_patience,
+        early_stopping, optimizer.
+    """
+    hyper = resolve_hyper(
+        recipe,
+        dict(net=net, loss=loss, val_split=val_split, seq_len=seq_len, batch_size=batch_size, epochs=epochs, lr=lr, **hyper_overrides),
+    )
+    if folds and val_annotations:
+        raise ParameterError("--folds and --val-annotations exclude each other")
+    store, annotations = Path(store), Path(annotations)
+    fabric = make_fabric(device)
+    fabric.launch()
+    if workers is None:
+        workers = 0 if fabric.device.type == "cpu" else min(GPU_WORKERS, os.cpu_count() or 1)
+    pool = gather(store, annotations, Path(val_annotations) if val_annotations else None, hyper.net)
+    randoms = random_encoder(pool.provenance)
+    if randoms:
+        log.warning("training on features from a RANDOM (untrained) encoder (%s): the model will learn little from them", ", ".join(randoms))
+    train_seed = seed if seed is not None else random.randrange(2**31)
+    split_seed = seed if seed is not None else 0
+    if val_annotations:
+        splits = [([v.video_id for v in pool.train], [v.video_id for v in pool.val])]
+        how = f"official validation set {val_annotations}"
+    else:
+        grouping = read_groups(groups) if groups else None
+        splits = make_splits([v.video_id for v in pool.train], hyper.val_split, folds, grouping, split_seed)
+        unit = "subject" if grouping else "video"
+        how = f"{folds} folds by {unit}" if folds else f"{hyper.val_split:g} of {unit}s held out"
+    videos = {v.video_id: v for v in pool.train + pool.val}
+    root = RunDir(Path(fabric.broadcast(str(Path(out) if out else RunDir.new(hyper.net, hyper.loss).root))))
+
+    base_config = {
+        **asdict(hyper),
+        "seed": train_seed,
+        "split_seed": split_seed,
+        "store": str(store),
+        "annotations": str(annotations),
+        "val_annotations": str(val_annotations) if val_annotations else None,
+        "recipe": str(recipe) if recipe else DEFAULT_RECIPE,
+        "device": str(fabric.device),
+        "processes": fabric.world_size,
+        "workers": workers,
+        "modalities": net_modalities(hyper.net),
+        "dims": pool.dims,
+        "vidaffect_version": __version__,
+    }
+    results = []
+    for k, (train_ids, val_ids) in enumerate(splits):
+        fold = k + 1 if folds else None
+        run = root.fold(k + 1) if folds else root
+        config = {**base_config, "split": {"how": how, "fold": fold, "train": train_ids, "val": val_ids}}
+        log.info("%s: %d training and %d validation videos (%s)", run.root, len(train_ids), len(val_ids), how)
+        best = fit(
+            fabric, hyper, [videos[v] for v in train_ids], [videos[v] for v in val_ids], pool.dims, pool.provenance,
+            run, config, fold_seed(train_seed, fold), workers, progress,
+        )
+        results.append({"fold": k + 1, **best})
+    if folds and fabric.is_global_zero:
+        root.write_fold_summary(results)
+    return root.root
+
+
+def resume(run: str | Path, epochs: int | None = None, device: str = "auto", workers: int | None = None, progress: bool = True) -> Path:
+    """Continue an interrupted ``train`` run from its ``last.ckpt``, with the same
+    configuration and split (``config.yaml``); for a k-fold run, every fold that has
+    not finished.  ``epochs`` raises the epoch limit.  Returns the run folder."""
+    root = RunDir(Path(run))
+    folds = root.folds()
+    runs = folds or [root]
+    if not runs[0].config.is_file():
+        raise InputNotFound(f"{root.root}: no {RunDir.CONFIG}; --resume takes a run folder made by `vidaffect train`")
+    fabric = make_fabric(device)
+    fabric.launch()
+    results = []
+    for run_dir in runs:
+        config = yaml.safe_load(run_dir.config.read_text())
+        hyper = Hyper(**{f.name: config[f.name] for f in fields(Hyper)})
+        if epochs is not None:
+            hyper.epochs = config["epochs"] = epochs
+        last = read(run_dir.last) if run_dir.last.is_file() else None
+        if last is not None and "resume" not in last:
+            raise ParameterError(f"{run_dir.last} holds no optimizer state (made by an older vidaffect); it cannot be resumed")
+        fold = config["split"]["fold"]
+        if last is not None and (last["epoch"] >= hyper.epochs or last["resume"]["stale"] >= hyper.early_stopping):
+            log.info("%s: finished at epoch %d; nothing to resume", run_dir.root, last["epoch"])
+            results.append({"fold": fold, **next(r for r in run_dir.read_metrics() if r["epoch"] == last["resume"]["best_epoch"])})
+            continue
+        pool = gather(Path(config["store"]), Path(config["annotations"]), Path(config["val_annotations"]) if config["val_annotations"] else None, hyper.net)
+        videos = {v.video_id: v for v in pool.train + pool.val}
+        missing = sorted(set(config["split"]["train"] + config["split"]["val"]) - set(videos))
+        if missing:
+            raise ParameterError(f"{run_dir.root}: videos of its split are no longer in {config['store']}: {', '.join(missing[:5])}")
+        log.info("%s: resuming after epoch %d of %d", run_dir.root, last["epoch"] if last else 0, hyper.epochs)
+        n_workers = workers if workers is not None else config["workers"]
+        best = fit(
+            fabric, hyper, [videos[v] for v in config["split"]["train"]], [videos[v] for v in config["split"]["val"]],
+            pool.dims, pool.provenance, run_dir, config, fold_seed(config["seed"], fold), n_workers, progress, last,
+        )
+        results.append({"fold": fold, **best})
+    if folds and fabric.is_global_zero:
+        root.write_fold_summary(results)
+    return root.root

@@ -1,0 +1,55 @@
+"""What happened to each video of a batch, and the summary the commands print."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from vidaffect.errors import SetupError, UserError
+from vidaffect.io.video import VideoError
+
+
+@dataclass
+class VideoResult:
+    path: str
+    video_id: str
+    status: str  # "done" | "skipped" | "failed"
+    reason: str = ""
+    frames: int = 0
+    seconds: float = 0.0
+    stages: list[str] = field(default_factory=list)
+
+
+def failure_reason(exc: BaseException) -> str:
+    """One summary line for an error: the message's first line, after the exception's
+    type unless it is one of vidaffect's own (whose messages are written for users)."""
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else ""
+    if isinstance(exc, (UserError, SetupError, VideoError)) and first:
+        return first
+    return f"{type(exc).__name__}: {first}"
+
+
+@dataclass
+class Summary:
+    results: list[VideoResult]
+
+    def count(self, status: str) -> int:
+        return sum(r.status == status for r in self.results)
+
+    @property
+    def failed(self) -> list[VideoResult]:
+        return [r for r in self.results if r.status == "failed"]
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+    def report(self) -> str:
+        frames = sum(r.frames for r in self.results if r.status == "done")
+        secs = sum(r.seconds for r in self.results if r.status == "done")
+        lines = [
+            f"{self.count('done')} done, {self.count('skipped')} skipped (up to date), {len(self.failed)} failed"
+            + (f"; {frames} frames in {secs:.1f} s of stage work" if frames else "")
+        ]
+        lines += [f"  FAILED {r.path}: {r.reason}" for r in self.failed]
+        return "\n".join(lines)

@@ -1,0 +1,74 @@
+"""Training hyper-parameters.  Their defaults live in one place: the ``train:`` section
+of the default recipe (``pipelines/thesis.yaml``, thesis §4.2); another recipe and the
+command line override them, and ``vidaffect train --help`` shows them by reading it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from vidaffect.errors import ParameterError
+from vidaffect.io.recipe import load_recipe
+from vidaffect.learn.losses import get_loss
+from vidaffect.learn.networks import net_modalities
+
+OPTIMIZERS = ("sgd",)
+
+
+@dataclass
+class Hyper:
+    """Training hyper-parameters (see the recipe for the defaults)."""
+
+    net: str
+    loss: str
+    optimizer: str
+    lr: float
+    momentum: float
+    weight_decay: float
+    plateau_patience: int  # epochs without improvement before the learning rate drops 10x
+    early_stopping: int  # epochs without improvement before training stops
+    epochs: int
+    batch_size: int  # windows per step (per GPU under DDP)
+    seq_len: int  # frames per window
+    val_split: float  # fraction of videos (or subjects) held out
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            convert = {"str": str, "float": float, "int": int}[str(f.type)]
+            try:
+                setattr(self, f.name, convert(getattr(self, f.name)))
+            except (TypeError, ValueError):
+                raise ParameterError(f"training option {f.name}: expected {f.type}, got {getattr(self, f.name)!r}") from None
+        net_modalities(self.net)  # names the networks when unknown
+        get_loss(self.loss)
+        if self.optimizer not in OPTIMIZERS:
+            raise ParameterError(f"optimizer {self.optimizer!r} is not supported; use {', '.join(OPTIMIZERS)}")
+        if not 0 <= self.val_split < 1:
+            raise ParameterError(f"val_split must be in [0, 1), got {self.val_split}")
+        for name in ("lr", "epochs", "batch_size", "seq_len"):
+            if getattr(self, name) <= 0:
+                raise ParameterError(f"{name} must be positive, got {getattr(self, name)}")
+
+
+def recipe_train_section(recipe: str | Path | None = None) -> dict[str, Any]:
+    """The default recipe's ``train:`` section updated with ``recipe``'s."""
+    merged = dict(load_recipe(None)["train"])
+    if recipe:
+        merged.update(load_recipe(recipe)["train"])
+    return merged
+
+
+def resolve_hyper(recipe: str | Path | None, overrides: dict[str, Any]) -> Hyper:
+    """The recipe's training options (:func:`recipe_train_section`), then ``overrides``
+    (None values ignored)."""
+    merged = recipe_train_section(recipe)
+    merged.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name for f in fields(Hyper)}
+    unknown = sorted(set(merged) - known)
+    if unknown:
+        raise ParameterError(f"unknown training option(s) {', '.join(unknown)} in the recipe; known: {', '.join(sorted(known))}")
+    missing = sorted(known - set(merged))
+    if missing:
+        raise ParameterError(f"the recipe's train: section lacks {', '.join(missing)}")
+    return Hyper(**merged)

@@ -1,0 +1,225 @@
+"""The training loop, readable in one sitting: :func:`fit` trains one model (one run,
+or one fold), :func:`run_epoch` goes once over a loader training or evaluating, and
+:func:`train_step` is one SGD step.
+
+Lightning Fabric places the model and batches on the device and, with several GPUs,
+runs data-parallel (DDP: each GPU gets ``batch_size`` windows per step; every process
+validates on the whole validation set so they agree on the schedule and on stopping;
+training metrics are those of process 0's share).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from lightning.fabric import Fabric
+from lightning.fabric.loggers import CSVLogger, TensorBoardLogger
+from lightning.fabric.utilities.seed import seed_everything
+from torch.utils.data import DataLoader
+
+from vidaffect.learn.checkpoint import save
+from vidaffect.learn.dataset import VideoData, WindowDataset, compute_stats
+from vidaffect.learn.hyper import Hyper
+from vidaffect.learn.losses import LOSSES, get_loss, noninertial_terms
+from vidaffect.learn.metrics import summarize
+from vidaffect.learn.networks import AffectNet, net_modalities
+from vidaffect.learn.runs import RunDir
+from vidaffect.util.device import resolve_device
+from vidaffect.util.terminal import progress_bar
+
+log = logging.getLogger(__name__)
+
+
+def make_fabric(device: str = "auto", single: bool = False) -> Fabric:
+    """Fabric for ``device`` ("auto", "cpu", "cuda", "cuda:N"): every visible GPU with
+    DDP for "auto"/"cuda" when there are several (one when ``single``)."""
+    device = resolve_device(device)
+    # Values decaying into the denormal range (LSTM gradients do) make x86 CPU
+    # arithmetic an order of magnitude slower; training gains nothing from them.
+    torch.set_flush_denormal(True)
+    if device == "cpu":
+        return Fabric(accelerator="cpu", devices=1)
+    if ":" in device:
+        return Fabric(accelerator="cuda", devices=[int(device.split(":", 1)[1])])
+    n = 1 if single else torch.cuda.device_count()
+    return Fabric(accelerator="cuda", devices=n, strategy="ddp" if n > 1 else "auto")
+
+
+def train_step(
+    fabric: Fabric, model: torch.nn.Module, batch: dict, loss_fn: Callable, optimizer: torch.optim.Optimizer
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SGD step on a batch of windows; returns the prediction and the loss."""
+    pred, _ = model(batch["inputs"])
+    loss = loss_fn(pred, batch["target"], batch["mask"])
+    optimizer.zero_grad(set_to_none=True)
+    fabric.backward(loss)
+    optimizer.step()
+    return pred, loss
+
+
+def run_epoch(
+    fabric: Fabric,
+    model: torch.nn.Module,
+    loader: DataLoader,
+    videos: list[VideoData],
+    loss_fn: Callable,
+    optimizer: torch.optim.Optimizer | None,
+    progress: bool,
+    desc: str,
+) -> dict[str, float]:
+    """Train (``optimizer`` given) or evaluate over ``loader``.  Returns every loss of
+    :data:`vidaffect.losses.LOSSES` (``mse_loss``, ..., ``noninertial_ext_loss``) and
+    the non-inertial terms (``distance``, ``velocity``, ``direction``) (averaged over batches,
+    weighted by annotated frames), the pooled metrics (``valence_ccc``, ...) and the
+    per-video means (``video_valence_ccc``, ...)."""
+    model.train(optimizer is not None)
+    sums: dict[str, torch.Tensor] = {}
+    frames = 0
+    collected: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    with progress_bar(len(loader), desc, "batch", progress, position=1) as bar:
+        for batch in loader:
+            if optimizer is not None:
+                pred, loss = train_step(fabric, model, batch, loss_fn, optimizer)
+            else:
+                with torch.no_grad():
+                    pred, _ = model(batch["inputs"])
+            pred, target, mask = pred.detach(), batch["target"], batch["mask"]
+            n = int(mask.sum())
+            terms = {f"{name.replace('-', '_')}_loss": fn(pred, target, mask) for name, fn in LOSSES.items()}
+            terms.update(noninertial_terms(pred, target, mask))
+            for name, value in terms.items():
+                sums[name] = sums.get(name, 0.0) + value * n
+            frames += n
+            video = batch["video"][:, None].expand(mask.shape)
+            collected.append((video[mask], pred[mask], target[mask]))
+            bar.update()
+    row = {name: float(total) / max(frames, 1) for name, total in sums.items()}
+    video_of, preds, targets = (torch.cat(parts).cpu().numpy() for parts in zip(*collected, strict=True))
+    per_video = {videos[i].video_id: (preds[video_of == i], targets[video_of == i]) for i in np.unique(video_of)}
+    summary = summarize(per_video)
+    row.update(summary["pooled"])
+    row.update({f"video_{k}": v for k, v in summary["video_mean"].items()})
+    return row
+
+
+def fit(
+    fabric: Fabric,
+    hyper: Hyper,
+    train_videos: list[VideoData],
+    val_videos: list[VideoData],
+    dims: dict[str, int],
+    provenance: dict[str, dict[str, Any]],
+    run: RunDir,
+    config: dict[str, Any],
+    seed: int,
+    workers: int = 0,
+    progress: bool = False,
+    last: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train one model; writes the run folder's config, metrics, best and last
+    checkpoints (:class:`~vidaffect.learn.runs.RunDir`) and returns the best epoch's
+    row.  ``dims`` and ``provenance`` describe the stores' features (they go into the
+    checkpoints); ``last`` (a ``last.ckpt`` read back) continues an interrupted run
+    after its last finished epoch."""
+    seed_everything(seed, workers=True, verbose=False)
+    modalities = net_modalities(hyper.net)
+    stats = compute_stats([v.store for v in train_videos], modalities)
+    net = AffectNet(hyper.net, dims)
+    optimizer = torch.optim.SGD(net.parameters(), lr=hyper.lr, momentum=hyper.momentum, weight_decay=hyper.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", patience=hyper.plateau_patience)
+    first, best_score, best_row, stale, history = 1, -math.inf, {}, 0, []
+    if last is not None:
+        net.load_state_dict(last["state_dict"])
+        optimizer.load_state_dict(last["resume"]["optimizer"])
+        scheduler.load_state_dict(last["resume"]["scheduler"])
+        first, best_score, stale = last["epoch"] + 1, last["resume"]["best_score"], last["resume"]["stale"]
+        torch.set_rng_state(last["resume"]["torch_rng"])
+        history = [row for row in run.read_metrics() if row["epoch"] < first]  # the logger rewrites the file
+        best_row = next(row for row in history if row["epoch"] == last["resume"]["best_epoch"])
+    model, optimizer = fabric.setup(net, optimizer)
+
+    def loader(data: WindowDataset, shuffle: bool) -> Any:
+        dl = DataLoader(data, batch_size=hyper.batch_size, shuffle=shuffle, num_workers=workers, persistent_workers=workers > 0)
+        return fabric.setup_dataloaders(dl, use_distributed_sampler=shuffle)
+
+    datasets = [WindowDataset(videos, modalities, stats, hyper.seq_len) for videos in (train_videos, val_videos)]
+    train_loader = loader(datasets[0], shuffle=True)
+    val_loader = loader(datasets[1], shuffle=False) if val_videos else None
+    monitor = "val_ccc_mean" if val_videos else "train_ccc_mean"
+    if not val_videos:
+        log.warning("no validation videos: best.ckpt is chosen by the training CCC")
+    loss_fn = get_loss(hyper.loss)
+    loggers: list[CSVLogger | TensorBoardLogger] = []
+    if fabric.is_global_zero:
+        run.root.mkdir(parents=True, exist_ok=True)
+        loggers.append(CSVLogger(run.root, name="", version=""))
+        if importlib.util.find_spec("tensorboard") is not None:
+            loggers.append(TensorBoardLogger(run.root, name=RunDir.TENSORBOARD, version=""))
+        with warnings.catch_warnings():
+            if history:  # resuming: the old rows are logged again just below
+                warnings.filterwarnings("ignore", message="Experiment logs directory")
+            for logger in loggers:
+                logger.experiment  # noqa: B018 - creates the log files before config.yaml joins them
+        run.config.write_text(yaml.safe_dump(config, sort_keys=False))
+        for old in history:
+            loggers[0].log_metrics(old, step=old["epoch"])
+
+    with progress_bar(hyper.epochs, f"training {run.root.name}", "epoch", progress and fabric.is_global_zero, initial=first - 1) as bar:
+        for epoch in range(first, hyper.epochs + 1):
+            started = time.perf_counter()
+            batches = progress and fabric.is_global_zero
+            row: dict[str, Any] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
+            for k, v in run_epoch(fabric, model, train_loader, train_videos, loss_fn, optimizer, batches, "train").items():
+                row[f"train_{k}"] = v
+            if val_loader is not None:
+                for k, v in run_epoch(fabric, model, val_loader, val_videos, loss_fn, None, batches, "validate").items():
+                    row[f"val_{k}"] = v
+            row["seconds"] = time.perf_counter() - started
+            # every process decides on the same number, so they stop together under DDP
+            score = fabric.broadcast(row[monitor] if math.isfinite(row[monitor]) else -math.inf)
+            improved = score > best_score or not best_row
+            if improved:
+                best_score, best_row, stale = score, row, 0
+            else:
+                stale += 1
+            scheduler.step(score if math.isfinite(score) else -1.0)
+            metrics = {k: v for k, v in row.items() if k.startswith("val_" if val_videos else "train_")}
+            if fabric.is_global_zero:
+                for logger in loggers:
+                    logger.log_metrics(row, step=epoch)
+                    logger.save()
+                resume = {
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "best_score": float(best_score),
+                    "best_epoch": int(best_row["epoch"]),
+                    "stale": stale,
+                    "torch_rng": torch.get_rng_state(),  # shuffling and dropout continue as if never stopped
+                }
+                save(run.last, net, stats, provenance, config, epoch, metrics, resume)
+                if improved:
+                    save(run.best, net, stats, provenance, config, epoch, metrics)
+            log.info(
+                "epoch %d: train %s %.4f, %s %.4f%s",
+                epoch, hyper.loss, row[f"train_{hyper.loss.replace('-', '_')}_loss"], monitor, row[monitor],
+                " (best)" if improved else "",
+            )
+            bar.update()
+            bar.set_postfix({monitor: f"{row[monitor]:.3f}"})
+            if stale >= hyper.early_stopping:
+                log.info("early stopping: %s has not improved for %d epochs", monitor, stale)
+                break
+    for logger in loggers:
+        logger.finalize("success")
+    for data in datasets:
+        data.close()
+    return best_row

@@ -1,0 +1,161 @@
+"""The model inputs ("modalities"): which stage and store dataset each comes from and
+how wide it is, all derived from the stages' own declarations
+(:attr:`vidaffect.stages.base.Stage.model_inputs` and their outputs), and reading them
+from a store.
+
+With the default stages and parameters the table is:
+
+==========  ============================  ======  ==============================
+modality    store dataset                 size    stage (``vidaffect extract``)
+==========  ============================  ======  ==============================
+landmarks   ``face/landmarks`` flattened  140     face
+pose        ``pose/keypoints`` x and y    36      pose
+embed       ``embed/<encoder>``           2048    embed
+mel         ``audio/mel``                 128     mel
+==========  ============================  ======  ==============================
+
+A frame whose ``<group>/valid`` is False (no face, no body, no audio) reads as NaN; so
+does a keypoint with confidence 0 (not detected).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from vidaffect.errors import ParameterError
+from vidaffect.stages import registry
+from vidaffect.stages.base import ModelInput
+
+
+@dataclass(frozen=True)
+class Modality:
+    """One model input.
+
+    name: the modality's name (``landmarks``).
+    stage, group: the stage that writes it and its HDF5 group.
+    source: the stage's declaration (dataset name, keypoints or not).
+    defaults: the stage's default parameters (they fill ``{encoder}`` in a dataset name
+        when a store records none).
+    dim: values per frame with the stage's default parameters.
+    """
+
+    name: str
+    stage: str
+    group: str
+    source: ModelInput
+    defaults: dict[str, Any]
+    dim: int
+
+
+def _width(shape: tuple[int, ...], source: ModelInput) -> int:
+    """Values per frame of a dataset whose rows have ``shape``."""
+    if source.keypoints:
+        shape = (*shape[:-1], 2)
+    return int(math.prod(shape))
+
+
+def _modalities() -> dict[str, Modality]:
+    table: dict[str, Modality] = {}
+    for cls in registry.all_stages():
+        stage = cls()  # default parameters; stages load no model until they open a video
+        params = stage.params.as_dict()
+        outputs = stage.outputs()
+        for name, source in cls.model_inputs.items():
+            shape = outputs[source.dataset_name(params)].shape
+            table[name] = Modality(name, cls.name, cls.group_name(), source, params, _width(shape, source))
+    return table
+
+
+MODALITIES: dict[str, Modality] = _modalities()
+DIMS: dict[str, int] = {name: m.dim for name, m in MODALITIES.items()}  # with default stage parameters
+
+
+def stages_for(modalities: Iterable[str]) -> list[str]:
+    """Extract stages that produce ``modalities`` (e.g. mel -> ``mel``, landmarks -> ``face``)."""
+    out: list[str] = []
+    for m in modalities:
+        stage = MODALITIES[m].stage
+        if stage not in out:
+            out.append(stage)
+    return out
+
+
+def extract_hint(store: str | Path, stages: Iterable[str]) -> str:
+    """The command that adds ``stages`` to the stores in ``store``."""
+    return f"run `vidaffect extract VIDEOS --store {store} --stages {','.join(stages)}`"
+
+
+def dataset_path(h5: h5py.File, modality: str) -> str:
+    """The "group/dataset" holding ``modality`` in this store."""
+    spec = MODALITIES[modality]
+    stored = json.loads(h5[spec.group].attrs.get("params", "{}")) if spec.group in h5 else {}
+    return f"{spec.group}/{spec.source.dataset_name({**spec.defaults, **stored})}"
+
+
+def missing_stages(h5: h5py.File, modalities: Iterable[str]) -> list[str]:
+    """Stages whose output for ``modalities`` this store lacks."""
+    return stages_for(m for m in modalities if dataset_path(h5, m) not in h5)
+
+
+def feature_dim(h5: h5py.File, modality: str) -> int:
+    """Values per frame :func:`load_inputs` gives for ``modality`` in this store."""
+    return _width(h5[dataset_path(h5, modality)].shape[1:], MODALITIES[modality].source)
+
+
+def frame_count(h5: h5py.File) -> int:
+    return int(h5["frames/timestamp"].shape[0])
+
+
+def load_inputs(
+    h5: h5py.File, modalities: Iterable[str], start: int = 0, stop: int | None = None
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Raw model inputs of frames [start, stop) of one store.
+
+    Parameters
+    ----------
+    h5 : h5py.File
+        An open feature store.
+    modalities : iterable of str
+        Names from :data:`MODALITIES` (``embed``, ``landmarks``, ``pose``, ``mel``).
+    start : int, default 0
+        First frame.
+    stop : int or None, default None
+        One past the last frame; None = the end of the video.
+
+    Returns
+    -------
+    features : dict[str, np.ndarray]
+        modality -> (n, D) float32, not normalised; NaN where the frame lacks the
+        modality (its ``valid`` flag is False) and for undetected keypoints.
+    valid : dict[str, np.ndarray]
+        modality -> (n,) bool, the store's ``<group>/valid`` flag.
+
+    Raises
+    ------
+    ParameterError
+        When the store lacks a stage; the message names the ``vidaffect extract``
+        command that adds it.
+    """
+    modalities = list(modalities)
+    missing = missing_stages(h5, modalities)
+    if missing:
+        raise ParameterError(f"{h5.filename}: no {', '.join(missing)} features; {extract_hint(Path(h5.filename).parent, missing)}")
+    features, valid = {}, {}
+    for m in modalities:
+        group = MODALITIES[m].group
+        rows = h5[dataset_path(h5, m)][start:stop]
+        if MODALITIES[m].source.keypoints:
+            rows = np.where(rows[..., -1:] > 0, rows[..., :2], np.nan)
+        x = rows.reshape(len(rows), -1).astype(np.float32)
+        ok = h5[f"{group}/valid"][start:stop].astype(bool) if f"{group}/valid" in h5 else np.ones(len(x), bool)
+        x[~ok] = np.nan
+        features[m], valid[m] = x, ok
+    return features, valid

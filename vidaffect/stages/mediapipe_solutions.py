@@ -1,0 +1,67 @@
+"""Loading MediaPipe's legacy solutions (face detection, face mesh, pose) quietly and
+restarting them between videos."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Send the process's stderr (file descriptor 2) to /dev/null for a moment.
+
+    MediaPipe's C++ graphs (TensorFlow Lite, absl) print start-up notices straight to
+    the file descriptor, where neither Python's logging nor environment variables reach
+    them.  They are printed while a graph starts and runs its first frame, so only that
+    moment is silenced; with vidaffect's debug logging on nothing is hidden.
+    """
+    if log.isEnabledFor(logging.DEBUG):
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def mediapipe_solution(factory: str, **options: Any) -> Any:
+    """Create a MediaPipe legacy solution, e.g. ``"face_detection.FaceDetection"``,
+    started quietly (see :func:`restart_quietly`).
+
+    MediaPipe is imported here rather than at module level so that importing vidaffect
+    (and ``vidaffect --help``) stays fast.
+    """
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    warnings.filterwarnings("ignore", message=r"SymbolDatabase\.GetPrototype", category=UserWarning)
+    import mediapipe as mp
+
+    module, cls = factory.split(".")
+    with _native_stderr_silenced():
+        solution = getattr(getattr(mp.solutions, module), cls)(**options)
+    restart_quietly(solution)
+    return solution
+
+
+def restart_quietly(solution: Any) -> None:
+    """Reset a MediaPipe solution (forgetting what it tracked) and run it once on a
+    blank image, so that the notices its graph prints when it starts are silenced and
+    the next video begins with nothing tracked."""
+    with _native_stderr_silenced():
+        solution.reset()
+        solution.process(np.zeros((64, 64, 3), np.uint8))

@@ -1,0 +1,2 @@
+"""Small helpers every layer uses: terminal output (progress bars, log format), the
+compute device, runs of flagged frames."""
