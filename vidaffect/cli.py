@@ -274,10 +274,21 @@ def plot(predictions: Path, annotations: Path | None, out: Path) -> None:
 @click.option("--quick", is_flag=True, help="Small media, about two minutes on 2 CPU cores.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write the figures as JSON.")
 @click.option("--device", default="auto", show_default=True, type=DEVICE)
+@click.option("--accuracy", is_flag=True, help="Measure face accuracy instead: steadiness, jitter, identities on made clips.")
+@click.option(
+    "--faces", type=click.Path(path_type=Path), help="With --accuracy (implied): also the landmark error on the "
+    "68-point annotated faces in this folder (iBUG .pts files beside the images).",
+)  # fmt: skip
 @handle_errors
-def bench(quick: bool, json_out: Path | None, device: str) -> None:
+def bench(quick: bool, json_out: Path | None, device: str, accuracy: bool, faces: Path | None) -> None:
     """Measure throughput and memory of every stage, training and prediction on this
-    machine, on media it makes itself, and compare them with their targets."""
+    machine, on media it makes itself, and compare them with their targets; or, with
+    --accuracy, the face stage's accuracy."""
+    if accuracy or faces is not None:
+        from vidaffect.bench.face_accuracy import bench_faces
+
+        click.echo(bench_faces(faces, json_out=json_out))
+        return
     from vidaffect.bench.run import bench as run_bench
 
     click.echo(run_bench(quick=quick, json_out=json_out, device=device, progress=show_progress(State.quiet)))

@@ -7,41 +7,44 @@ top-left corner of the frame):
 ``landmarks``   (70, 2) float32  68 iBUG points + 2 pupils (:mod:`.layouts`)
 ``bbox``        (4,) float32     ``(x, y, w, h)``, the tight box around the 68 points
 ``score``       () float32       confidence of the face (see the backends below)
-``count``       () int32         faces seen in the frame, 0 when none
+``count``       () int32         faces found in the frame, the primary one included
+``identity``    () int32         the primary face's identity (mediapipe backend; -1
+                                 where there is no face and for imported faces)
 ``mesh``        (478, 3) float16 MediaPipe's face mesh: x, y in pixels; z is relative
                                  depth in the same pixel scale (MediaPipe's normalised
-                                 z times the width of the region the mesh ran on),
-                                 about 0 at the face's centre, negative towards the
-                                 camera.  float16 keeps 1 px steps up to 2048 px.
-``valid``       () bool          a face was found in this frame
+                                 z times the frame's width), about 0 at the face's
+                                 centre, negative towards the camera.  float16 keeps
+                                 1 px steps up to 2048 px.
+``valid``       () bool          the primary face is in this frame
 ==============  ===============  ======================================================
 
-Frames without a face hold NaN (``count`` 0, ``valid`` False); a value is never
-carried over from an earlier frame except ``score`` and ``count`` of a tracked face
-between detector runs, as described next.
+Frames without the primary face hold NaN (``valid`` False); a value is never carried
+over from an earlier frame.  ``count`` counts every face found in the frame, so it is
+at least 1 where ``valid`` is true, and 0 only when no face at all was found; it can
+be 1 or more where ``valid`` is false when only other people are in view.
 
 Backends (parameter ``backend``):
 
 ``mediapipe`` (default)
-    MediaPipe's *full-range* face detector finds faces; its *face mesh* (with iris
-    refinement, for the pupils) then runs on a square crop around the face, resized
-    to ``crop_size`` pixels, so small faces in wide shots get enough pixels and the
-    mesh's own close-up detector sees the face large.  The mesh follows the face from
-    frame to frame (the crop is re-centred on the previous frame's mesh).  The
-    detector runs again every ``detect_every`` frames and whenever the mesh loses the
-    face (so on every frame while no face is found).  The detector sees its input at
-    192x192 pixels, so frames larger than ``detect_tile`` pixels are searched in
-    overlapping tiles of that size as well as whole: with the default 480 px tiles,
-    faces from about 50 px high are found (45 px most of the time), in 640x360 and
-    1920x1080 frames alike.
+    Every face is followed with an identity (:mod:`.face_tracker`,
+    :mod:`.face_identities`): MediaPipe's full-range face detector finds faces (in
+    tiles as well for frames larger than ``detect_tile``, so faces from about 50 px
+    high are found in 640x360 and 1920x1080 frames alike), and MediaPipe's face mesh
+    with iris refinement runs on a steady, upright region around each face
+    (``crop_scale`` times its size).  Identical frames give identical landmarks.  Jaw
+    points follow the face outline (:mod:`.jaw`).  A face is counted once the mesh confirms
+    it (a detector's false positive, e.g. on lettering, is not a face); at most
+    ``max_faces`` faces are followed and counted.
 
-    When several faces are visible the stage keeps following the face it tracks;
-    when that face is lost it continues with the detection that overlaps the lost
-    box, or else the most prominent face (area times detector score).
-    ``score`` is the detector's score of the tracked face at its latest detection;
-    ``count`` is the number of faces the detector saw at its latest run, counting
-    the tracked face when the detector missed it; both are carried between detector
-    runs only while the mesh keeps tracking.
+    The primary face is the person with the most screen time weighted by size so
+    far: the sum, over the frames a person has been seen, of the face's height over
+    the frame's height.  Once ahead, a person stays primary unless another overtakes
+    that sum, which after the first seconds takes a long time.  ``score`` is the
+    detector's score of the face at its latest detection.
+
+    With ``smooth`` the stored landmarks and box pass through a one-euro filter
+    (:mod:`.face_filter`; ``smooth_min_cutoff``, ``smooth_beta``), restarted whenever
+    the primary face is lost or changes.  The mesh is stored unfiltered.
 
 ``openface``
     Reads ``<import_dir>/<video-id>.csv`` written by OpenFace's ``FeatureExtraction``
@@ -64,10 +67,10 @@ import numpy as np
 from vidaffect.io.store import Output, empty_rows
 from vidaffect.io.video import VideoInfo
 from vidaffect.stages.base import Batch, ModelInput, Stage, StageRun
-from vidaffect.stages.boxes import points_box
-from vidaffect.stages.face_tracker import FaceTracker, TrackerSettings
+from vidaffect.stages.face_filter import FaceSmoother
+from vidaffect.stages.face_tracker import Face, FaceTracker, TrackerSettings
 from vidaffect.stages.imports import IMPORT_MATCHES, check_import_params, open_import
-from vidaffect.stages.layouts import FACE_POINTS, IBUG_POINTS, MESH_POINTS
+from vidaffect.stages.layouts import FACE_POINTS, MESH_POINTS
 from vidaffect.stages.openface import read_openface
 from vidaffect.stages.openpose import read_openpose
 from vidaffect.stages.params import param
@@ -76,12 +79,16 @@ from vidaffect.stages.params import param
 @dataclass(frozen=True)
 class FaceParams(TrackerSettings):
     """The face stage's parameters: the backend, the import settings, and (for the
-    mediapipe backend) the tracker's :class:`.face_tracker.TrackerSettings`."""
+    mediapipe backend) the tracker's :class:`.face_tracker.TrackerSettings` and the
+    optional smoothing."""
 
     backend: str = param("mediapipe", "mediapipe, or import the output of openface (CSV) or openpose (JSON)",
                          choices=("mediapipe", "openface", "openpose"))
     import_dir: str = param("", "folder of OpenFace CSVs / OpenPose JSON folders (import backends)")
     import_match: str = param("auto", "imported rows to frames: auto, index or timestamp", choices=IMPORT_MATCHES)
+    smooth: bool = param(False, "one-euro filter on the stored landmarks and box (mediapipe backend)")
+    smooth_min_cutoff: float = param(1.0, "Hz; the filter's cut-off for a still face", above=0)
+    smooth_beta: float = param(3.0, "Hz per (outer-eye distance per second): how fast the cut-off rises with speed", low=0)
 
     def check(self) -> None:
         check_import_params(self)
@@ -93,17 +100,18 @@ def face_outputs() -> dict[str, Output]:
         "bbox": Output((4,), "f4"),
         "score": Output((), "f4"),
         "count": Output((), "i4", 0),
+        "identity": Output((), "i4", -1),
         "mesh": Output((MESH_POINTS, 3), "f2"),
         "valid": Output((), "bool", False),
     }
 
 
 class FaceStage(Stage):
-    """Primary face: landmarks, mesh, box, score and face count (see module docs)."""
+    """Primary face: landmarks, mesh, box, score, identity and face count (see module docs)."""
 
     name = "face"
     group = "face"
-    version = "1"
+    version = "2"
     Params = FaceParams
     model_inputs = {"landmarks": ModelInput("landmarks")}
     params: FaceParams
@@ -127,7 +135,7 @@ class FaceStage(Stage):
         if self._tracker is None:
             self._tracker = FaceTracker(p)
         self._tracker.reset()
-        return _FaceRun(self._tracker)
+        return _FaceRun(self._tracker, FaceSmoother(p.smooth_min_cutoff, p.smooth_beta) if p.smooth else None)
 
     def close(self) -> None:
         if self._tracker is not None:
@@ -136,25 +144,40 @@ class FaceStage(Stage):
 
 
 class _FaceRun(StageRun):
-    def __init__(self, tracker: FaceTracker) -> None:
+    def __init__(self, tracker: FaceTracker, smoother: FaceSmoother | None) -> None:
         super().__init__()
         self.tracker = tracker
+        self.smoother = smoother
         self.outputs = face_outputs()
+        self.followed = -1  # the track of the primary face in the previous frame
 
     def process(self, batch: Batch) -> dict[str, np.ndarray]:
         rows = empty_rows(self.outputs, len(batch))
-        for i, image in enumerate(batch.images):
-            count, face = self.tracker.step(image)
-            rows["count"][i] = count
+        for i, (image, t) in enumerate(zip(batch.images, batch.timestamps, strict=True)):
+            faces = self.tracker.step(image)
+            rows["count"][i] = len(faces)
+            face = self._primary(faces)
             if face is None:
+                self.followed = -1
                 continue
-            landmarks = face.landmarks
+            landmarks, box = face.landmarks, face.box
+            if self.smoother is not None:
+                if face.track != self.followed:
+                    self.smoother.reset()
+                landmarks, box = self.smoother(float(t), landmarks, box)
+            self.followed = face.track
             rows["landmarks"][i] = landmarks
-            rows["bbox"][i] = points_box(landmarks[:IBUG_POINTS])
+            rows["bbox"][i] = box
             rows["score"][i] = face.score
+            rows["identity"][i] = face.identity
             rows["mesh"][i] = face.mesh
             rows["valid"][i] = True
         return rows
 
+    def _primary(self, faces: list[Face]) -> Face | None:
+        leader = self.tracker.identities.leader()
+        return next((f for f in faces if self.tracker.identities.key(f.track) == leader), None)
+
     def finish(self) -> dict[str, np.ndarray]:
+        self.tracker.finish()
         return empty_rows(self.outputs, 0)  # every row was returned by process()

@@ -10,15 +10,16 @@ vidaffect stores faces and bodies in the layouts OpenFace and OpenPose users kno
   left pupil.  "Right" and "left" are the subject's throughout.
 * **body, COCO-18** (``pose/keypoints``): OpenPose's COCO order, :data:`COCO18_NAMES`.
 
-MediaPipe's 478-point face mesh is mapped to the 70 points by :data:`MESH_TO_FACE70`.
-For each iBUG point the table names the mesh vertex nearest to where a 68-point
-(iBUG-trained) detector puts that point on frontal photographs, chosen in left/right
-mirror pairs so that the table is symmetric; the eye corners and eyelid points are the
-anatomical corner vertices and the lid vertices at one and two thirds of each lid.
-On those photographs the mapped points lie on average 0.04 inter-ocular distances from
-the detector's.  Jaw points of a fixed mesh vertex follow the face surface, so on a
-turned head they stay on the cheek where a 68-point detector would draw the silhouette.
-The pupils are the iris centres of the mesh's refined landmarks (468 and 473).
+MediaPipe's 478-point face mesh gives the 70 points in two ways.  The inner points
+17-67 are fixed mesh vertices, :data:`MESH_TO_INNER`: for each iBUG point the mesh
+vertex nearest to where a 68-point (iBUG-trained) detector puts that point on frontal
+photographs, chosen in left/right mirror pairs so that the table is symmetric; the eye
+corners and eyelid points are the anatomical corner vertices and the lid vertices at
+one and two thirds of each lid.  The pupils are the iris centres of the mesh's refined
+landmarks (468 and 473).  The jaw points 0-16 are not fixed vertices: a fixed vertex
+stays on the skin, so on a turned head it slides onto the cheek, inside the outline
+where annotators draw the jaw.  They follow the face outline frame by frame
+(:mod:`.jaw`).
 
 MediaPipe's 33 pose landmarks are mapped to COCO-18 by :data:`POSE33_TO_COCO18`; the
 neck, which MediaPipe lacks, is the midpoint of the shoulders with the smaller of
@@ -45,12 +46,12 @@ RIGHT_EYE = slice(36, 42)  # the subject's right eye: on the image's left for a 
 LEFT_EYE = slice(42, 48)
 MOUTH = slice(48, 68)
 RIGHT_PUPIL, LEFT_PUPIL = 68, 69
+RIGHT_EYE_OUTER, LEFT_EYE_OUTER = 36, 45  # the outer eye corners: their distance is the face's size
 FACE_REGIONS = {"jaw": JAW, "brows": BROWS, "nose": NOSE, "eyes": slice(36, 48), "mouth": MOUTH}
 
+INNER = slice(17, FACE_POINTS)  # the points given by fixed mesh vertices
 # fmt: off
-MESH_TO_FACE70: tuple[int, ...] = (
-    # jaw 0-16
-    34, 123, 147, 58, 172, 169, 149, 148, 152, 377, 378, 394, 397, 288, 376, 352, 264,
+MESH_TO_INNER: tuple[int, ...] = (
     # brows 17-21 (right), 22-26 (left)
     156, 63, 105, 66, 107, 336, 296, 334, 293, 383,
     # nose bridge 27-30, nostrils 31-35
@@ -62,7 +63,19 @@ MESH_TO_FACE70: tuple[int, ...] = (
     # pupils 68 (right), 69 (left): iris centres
     468, 473,
 )
+# The mesh's face oval (the outline of its surface seen from the front) as a closed
+# contour: MediaPipe's FACEMESH_FACE_OVAL edges in order.
+MESH_FACE_OVAL: tuple[int, ...] = (
+    10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377, 152,
+    148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109,
+)
 # fmt: on
+RIGHT_EYE_OUTER_VERTEX = MESH_TO_INNER[RIGHT_EYE_OUTER - INNER.start]  # the subject's right outer eye corner
+RIGHT_EYE_INNER_VERTEX = MESH_TO_INNER[39 - INNER.start]
+LEFT_EYE_INNER_VERTEX = MESH_TO_INNER[42 - INNER.start]
+LEFT_EYE_OUTER_VERTEX = MESH_TO_INNER[LEFT_EYE_OUTER - INNER.start]
+MOUTH_CORNER_VERTICES = (MESH_TO_INNER[48 - INNER.start], MESH_TO_INNER[54 - INNER.start])
+FOREHEAD_VERTEX, CHIN_VERTEX = 10, 152  # top and bottom of the face oval
 
 COCO18_NAMES: tuple[str, ...] = (
     "nose", "neck", "right_shoulder", "right_elbow", "right_wrist", "left_shoulder", "left_elbow",
@@ -76,22 +89,6 @@ POSE33_TO_COCO18: tuple[int, ...] = (0, -1, 12, 14, 16, 11, 13, 15, 24, 26, 28, 
 _MP_LEFT_SHOULDER, _MP_RIGHT_SHOULDER = 11, 12
 
 BODY25_TO_COCO18: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18)
-
-
-def mesh_to_face70(mesh: np.ndarray) -> np.ndarray:
-    """The 70 face points of a 478-point MediaPipe face mesh.
-
-    Parameters
-    ----------
-    mesh : np.ndarray, shape (..., 478, >=2)
-        Mesh vertices; only x and y are used.
-
-    Returns
-    -------
-    np.ndarray, shape (..., 70, 2)
-        The points in :data:`MESH_TO_FACE70` order, same dtype as ``mesh``.
-    """
-    return np.asarray(mesh)[..., MESH_TO_FACE70, :2]
 
 
 def pose33_to_coco18(landmarks: np.ndarray) -> np.ndarray:

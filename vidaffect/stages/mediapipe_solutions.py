@@ -1,5 +1,5 @@
-"""Loading MediaPipe's legacy solutions (face detection, face mesh, pose) quietly and
-restarting them between videos."""
+"""Loading MediaPipe's legacy solutions (face detection, pose) and graphs made of their
+parts (the face mesh on a given region) quietly, and restarting them between videos."""
 
 from __future__ import annotations
 
@@ -56,6 +56,21 @@ def mediapipe_solution(factory: str, **options: Any) -> Any:
         solution = getattr(getattr(mp.solutions, module), cls)(**options)
     restart_quietly(solution)
     return solution
+
+
+def mediapipe_graph(config: str, blank_input: dict[str, Any], **options: Any) -> Any:
+    """Start a MediaPipe graph given as a text ``CalculatorGraphConfig`` built from the
+    subgraphs MediaPipe's legacy solutions ship (``SolutionBase`` keyword ``options``:
+    ``side_inputs``, ``calculator_params``, ``outputs``), quietly: it runs once on
+    ``blank_input`` while its start-up notices are silenced."""
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    warnings.filterwarnings("ignore", message=r"SymbolDatabase\.GetPrototype", category=UserWarning)
+    from mediapipe.python.solution_base import SolutionBase
+
+    with _native_stderr_silenced():
+        graph = SolutionBase(graph_config=config, **options)
+        graph.process(blank_input)
+    return graph
 
 
 def restart_quietly(solution: Any) -> None:
