@@ -114,10 +114,12 @@ class Identities:
         return track
 
     def end(self, track: int, frame: int) -> None:
-        """The track's face was last seen in ``frame``."""
-        identity = self._watch[track].identity
-        if identity >= 0:
-            self._known[identity].last_frame = frame
+        """The track's face was last seen in ``frame``.  A track that ends before it
+        was confirmed (a few frames) keeps no identity."""
+        watch = self._watch[track]
+        watch.pending = []
+        if watch.identity >= 0 and watch.identity in self._known:
+            self._known[watch.identity].last_frame = frame
 
     def identity(self, track: int) -> int:
         """The track's identity so far: while the track is not confirmed, the identity
