@@ -164,6 +164,7 @@ class FaceTracker:
 
     def step(self, image: np.ndarray) -> list[Face]:
         """The faces of the next frame (RGB, uint8), largest first."""
+        image = np.ascontiguousarray(image)  # MediaPipe reads the buffer as it lies
         self.frame += 1
         for track in sorted(self._tracks, key=lambda t: -float(t.box[2] * t.box[3])):
             result = self._mesher(image, track.crop.crop, track.box, SAME_FACE_IOU)
