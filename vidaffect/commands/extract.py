@@ -3,7 +3,7 @@
 The stages and their parameters come from a recipe (``pipelines/thesis.yaml`` by
 default) with overrides; the plan is checked here, in the main process, before any
 video is touched.  Every source file is given the id of the store it already has
-(:func:`vidaffect.io.store.assign_stores`), so ``extract ./videos`` and a later
+(:func:`vidaffect.io.store_lookup.assign_stores`), so ``extract ./videos`` and a later
 ``predict ./videos/test`` use the same stores.  Then every video is extracted by
 :class:`~vidaffect.extraction.engine.Extractor`, in this process or in worker
 processes; when the store folder cannot be written (full disk, read-only) the batch
@@ -18,7 +18,8 @@ from pathlib import Path
 from vidaffect.extraction.engine import Extractor, Plan
 from vidaffect.extraction.pool import run_pool
 from vidaffect.extraction.summary import Summary, VideoResult
-from vidaffect.io.store import assign_stores, write_fault
+from vidaffect.io.store import write_fault
+from vidaffect.io.store_lookup import assign_stores
 from vidaffect.io.video import find_videos
 from vidaffect.stages import registry
 from vidaffect.util.device import resolve_device

@@ -27,7 +27,8 @@ clamped to the border (scores up to 0.49) and keeps 99 % of the others.
 that face.  MediaPipe pose runs on the region around the face where that person's body
 can be (:func:`person_region`: 3.5 face sizes to each side, 2 above, 12 below, cut to
 the frame), which keeps other people out of view; the region is moved only when the face
-has moved by half its size (moving it restarts MediaPipe's tracking).  OpenPose imports
+has moved by half its size, and MediaPipe's tracking restarts only when the region
+jumps by more than a quarter of its size.  OpenPose imports
 keep, of the people in a frame, the one whose head is on the face.  While the face
 stage has no face, the last region is kept for a second, then the whole frame is used
 and the most prominent body is taken.  When the face stage fails on a video, pose still
@@ -90,6 +91,10 @@ NOSE, EYES, HEAD = _K["nose"], [_K["right_eye"], _K["left_eye"]], [_K[n] for n i
 # ankles about 11 below the top of the face.
 _REGION_SIDE, _REGION_ABOVE, _REGION_BELOW = 3.5, 2.0, 12.0
 _REGION_MOVE = 0.5  # face sizes the ideal region must move before the region follows
+# MediaPipe tracks in the coordinates of the image it is given; it follows a region
+# that moves or grows by less than this share of its size like a moving person, and
+# starts afresh after larger changes.
+_REGION_RESTART = 0.25
 _HEAD_ON_FACE = 0.25  # the head point may lie this many face sizes outside the face box
 _HEAD_CROP, _HEAD_CROP_PX = 2.0, 256  # head check: crop side over the head's extent, pixels
 
@@ -327,7 +332,7 @@ class _PoseRun(StageRun):
             if wanted != self.region:
                 self.region_face = side
         if wanted != self.region:
-            if self.region is not None:
+            if self.region is not None and _jump(self.region, wanted) > _REGION_RESTART:
                 self.pose.reset()
             self.region = wanted
         return wanted
@@ -348,6 +353,12 @@ class _PoseRun(StageRun):
 
     def finish(self) -> dict[str, np.ndarray]:
         return empty_rows(self.outputs, 0)  # every row was returned by process()
+
+
+def _jump(old: tuple[int, int, int, int], new: tuple[int, int, int, int]) -> float:
+    """How far a region moved or resized, as a share of its size."""
+    w, h = max(old[2] - old[0], 1), max(old[3] - old[1], 1)
+    return max(abs(new[0] - old[0]) / w, abs(new[2] - old[2]) / w, abs(new[1] - old[1]) / h, abs(new[3] - old[3]) / h)
 
 
 class _PoseImportRun(ImportRun):
