@@ -237,3 +237,13 @@ def test_full_network_face_column_and_random_encoder_warning(tmp_path, media, ca
     assert valid[:5].all() and not valid[5:9].any()  # the test media has frames with and without a face
     values = np.array([[float(r[3]), float(r[4])] for r in rows])
     assert np.isfinite(values).all() and np.abs(values).max() <= 1
+
+
+def test_predicting_a_sub_folder_reuses_the_stores_of_the_whole_folder(project, tmp_path):
+    before = sorted(p.relative_to(project / "features").as_posix() for p in (project / "features").rglob("*.h5"))
+    ckpt = project / "runs" / "audio" / "best.ckpt"
+    summary = predict([project / "videos" / "sub"], out=tmp_path / "r.csv", model=ckpt, store=project / "features", device="cpu")
+    assert summary.exit_code == 0 and summary.extracted == 0 and summary.cached == 1, summary.report()
+    assert {r[0] for r in read_rows(tmp_path / "r.csv")} == {"sub/c3"}  # the id the store has
+    after = sorted(p.relative_to(project / "features").as_posix() for p in (project / "features").rglob("*.h5"))
+    assert after == before  # no second store (c3.h5) of the same video

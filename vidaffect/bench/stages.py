@@ -40,27 +40,30 @@ def measure_decode(ctx: Context) -> dict[str, Any]:
     return {"decode_fps": frames / elapsed}
 
 
-def frame_batches(frames: list[Any], batch: int | None = None) -> Iterator[Batch]:
+def frame_batches(frames: list[Any], batch: int | None = None, inputs: dict[str, np.ndarray] | None = None) -> Iterator[Batch]:
     """Decoded frames in batches of ``batch`` (default: the engine's batch size), as
-    the engine hands them to the stages."""
+    the engine hands them to the stages, with their rows of ``inputs`` (the datasets of
+    required stages, one row per frame)."""
 
     batch = batch or BATCH_FRAMES
     for start in range(0, len(frames), batch):
         chunk = frames[start : start + batch]
-        yield Batch(start, np.array([f.timestamp for f in chunk]), np.stack([f.image for f in chunk]))
+        rows = {k: v[start : start + len(chunk)] for k, v in (inputs or {}).items()}
+        yield Batch(start, np.array([f.timestamp for f in chunk]), np.stack([f.image for f in chunk]), rows)
 
 
-def image_stage_fps(ctx: Context, stage: Stage) -> tuple[float, dict[str, np.ndarray]]:
+def image_stage_fps(ctx: Context, stage: Stage, inputs: dict[str, np.ndarray] | None = None) -> tuple[float, dict[str, np.ndarray]]:
     """Frames/s of a stage that looks at the pictures, over the clip's frames, after
-    an untimed first batch (models load, graphs start); and its rows."""
+    an untimed first batch (models load, graphs start); and its rows.  ``inputs``: the
+    rows of the stages it requires, for every frame."""
     frames = ctx.frames
     store = ctx.work / "stage.h5"
     warm = stage.open(ctx.clip_info, store)
-    warm.process(next(frame_batches(frames[:8])))
+    warm.process(next(frame_batches(frames[:8], inputs=inputs)))
     run = stage.open(ctx.clip_info, store)  # a fresh video: trackers start afresh
     parts: list[dict[str, np.ndarray]] = []
     started = time.perf_counter()
-    for batch in frame_batches(frames):
+    for batch in frame_batches(frames, inputs=inputs):
         parts.append(run.process(batch))
     parts.append(run.finish())
     elapsed = time.perf_counter() - started
@@ -75,7 +78,8 @@ def measure_face(ctx: Context) -> dict[str, Any]:
 
 
 def measure_pose(ctx: Context) -> dict[str, Any]:
-    fps, rows = image_stage_fps(ctx, PoseStage())
+    # Pose follows the face stage's face, as in extraction.
+    fps, rows = image_stage_fps(ctx, PoseStage(), {FaceStage.key(k): v for k, v in ctx.face_rows.items()})
     return {"pose_fps": fps, "pose_found_fraction": float(rows["valid"].mean())}
 
 

@@ -4,6 +4,8 @@ Workers are started with ``spawn`` (MediaPipe and PyTorch do not survive ``fork`
 loads the stages' models once, and sends frame counts back for the progress bar.  When
 a worker dies (a native crash, out of memory) it takes the pool with it and we cannot
 tell whose video did it, so every video in flight gets one more try in a fresh pool.
+When a result says the store cannot be written, the videos not started yet are
+cancelled; those in flight finish (or fail the same way) before the pool closes.
 """
 
 from __future__ import annotations
@@ -49,16 +51,18 @@ def run_pool(
     sources: list[VideoSource],
     args: tuple[Path, Plan, str, bool],
     workers: int,
-    finished: Callable[[VideoResult], None],
+    finished: Callable[[VideoResult], bool],
     on_frames: Callable[[int], Any],
 ) -> None:
     """Extract ``sources`` in ``workers`` processes, each holding ``Extractor(*args)``;
-    ``finished`` gets every result, ``on_frames`` the frame counts as they come."""
+    ``finished`` gets every result and returns False to stop the batch (videos not
+    started are then never started), ``on_frames`` the frame counts as they come."""
     ctx = mp.get_context("spawn")  # MediaPipe and PyTorch do not survive fork
     threads = max(1, (os.cpu_count() or 1) // workers)
     crashes: dict[VideoSource, int] = {}
     remaining = list(sources)
-    while remaining:
+    stop = False
+    while remaining and not stop:
         q = ctx.Queue()  # frame counts from the workers, for the frames/s bar
         with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(args, threads, q, logging.getLogger().level)) as pool:
             pending = {pool.submit(_work, s): s for s in remaining}
@@ -68,14 +72,21 @@ def run_pool(
                 _drain(q, on_frames)
                 for fut in done:
                     source = pending.pop(fut)
+                    if fut.cancelled():
+                        continue
                     try:
-                        finished(fut.result())
+                        keep_going = finished(fut.result())
                     except cf.process.BrokenProcessPool:
                         crashes[source] = crashes.get(source, 0) + 1
                         if crashes[source] > 1:
-                            finished(VideoResult(str(source.path), source.video_id, "failed", "worker process crashed"))
+                            keep_going = finished(VideoResult(str(source.path), source.video_id, "failed", "worker process crashed"))
                         else:
                             remaining.append(source)
+                            continue
+                    if not keep_going and not stop:
+                        stop = True
+                        for other in pending:
+                            other.cancel()
         _drain(q, on_frames)
 
 

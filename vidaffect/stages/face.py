@@ -69,7 +69,7 @@ from vidaffect.io.video import VideoInfo
 from vidaffect.stages.base import Batch, ModelInput, Stage, StageRun
 from vidaffect.stages.face_filter import FaceSmoother
 from vidaffect.stages.face_tracker import Face, FaceTracker, TrackerSettings
-from vidaffect.stages.imports import IMPORT_MATCHES, check_import_params, open_import
+from vidaffect.stages.imports import IMPORT_MATCHES, check_import_params, import_files, open_import
 from vidaffect.stages.layouts import FACE_POINTS, MESH_POINTS
 from vidaffect.stages.openface import read_openface
 from vidaffect.stages.openpose import read_openpose
@@ -126,6 +126,9 @@ class FaceStage(Stage):
 
     def outputs(self) -> dict[str, Output]:
         return face_outputs()
+
+    def imported_files(self, info: VideoInfo) -> list[Path] | None:
+        return import_files(self.params, info.video_id) if self.params.backend != "mediapipe" else None
 
     def open(self, info: VideoInfo, store_path: Path) -> StageRun:
         p = self.params

@@ -7,6 +7,12 @@ frame t's time span [timestamp_t, timestamp_{t+1}), converted to dB
 (``10 log10(max(power, amin))``, reference 1.0, no top_db clipping).  When a span holds
 no STFT centre (video above sr/hop ≈ 43 frames/s) the STFT frame nearest to the span's
 middle is used.  Spans outside the audio are invalid (NaN, ``valid`` False).
+
+A silent track is audio like any other (its rows are valid, at the ``amin`` floor for
+digital silence), but its group ``note`` says ``silent``: every sample's magnitude stayed
+below :data:`SILENCE_PEAK` (-90 dBFS, one step of 16-bit audio), so "no sound was
+recorded" can be told from "quiet audio".  The group attribute ``peak_dbfs`` gives the
+track's peak level.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from vidaffect.io.store import Output
 from vidaffect.io.video import VideoInfo
 from vidaffect.stages.base import Batch, ModelInput, Stage, StageRun
 from vidaffect.stages.params import StageParams, param
+
+SILENCE_PEAK = 2.0**-15  # one 16-bit step: a track whose samples all stay below it is silent
 
 
 @dataclass(frozen=True)
@@ -116,10 +124,13 @@ class MelRun(StageRun):
         self.times = np.empty(0)  # centre times of STFT frames not yet consumed
         self.power = np.empty((0, p.n_mels), np.float32)
         self.audio_end: float | None = None  # seconds, known once the audio has ended
+        self.peak = 0.0  # largest sample magnitude so far
         if not info.has_audio:
             self.attrs["note"] = "no audio track"
 
     def add_audio(self, samples: np.ndarray, start: float) -> None:
+        if len(samples):
+            self.peak = max(self.peak, float(np.abs(samples).max()))
         self._extend(*self.mel.push(samples, start))
 
     def process(self, batch: Batch) -> dict[str, np.ndarray]:
@@ -133,6 +144,10 @@ class MelRun(StageRun):
         self._extend(*self.mel.flush())
         if self.mel.start is not None:
             self.audio_end = self.mel.start + self.mel.samples / self.p.sr
+            self.attrs["peak_dbfs"] = 20 * np.log10(self.peak) if self.peak > 0 else -np.inf
+            if self.peak < SILENCE_PEAK:
+                level = "digital silence, every sample is 0" if self.peak == 0 else f"peak {self.attrs['peak_dbfs']:.1f} dBFS"
+                self.attrs["note"] = f"silent: the audio track stays below -90 dBFS ({level})"
         elif "note" not in self.attrs:
             self.attrs["note"] = "audio track has no samples"
         return self._rows(final=True)
@@ -192,7 +207,7 @@ class MelStage(Stage):
 
     name = "mel"
     group = "audio"
-    version = "1"
+    version = "2"
     uses_audio = True
     Params = MelParams
     model_inputs = {"mel": ModelInput("mel")}

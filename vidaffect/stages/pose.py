@@ -1,32 +1,64 @@
-"""The pose stage: 18 body keypoints per frame in OpenPose's COCO-18 order.
+"""The pose stage: 18 body keypoints per frame in OpenPose's COCO-18 order, of the person
+whose face the face stage tracks.
 
 Datasets of the ``pose`` group, one row per frame:
 
 =============  ===============  =======================================================
 ``keypoints``  (18, 3) float32  x, y in pixels (origin at the frame's top-left corner)
                                 and a confidence in [0, 1], in the order of
-                                :data:`.layouts.COCO18_NAMES`; NaN rows when
-                                no body was found
-``valid``      () bool          a body was found in this frame
+                                :data:`.layouts.COCO18_NAMES`; a keypoint that is not
+                                there is NaN with confidence 0, a frame without a
+                                person NaN throughout
+``valid``      () bool          a person was found in this frame
 =============  ===============  =======================================================
+
+**Only what is there** (both backends, the same rules): a keypoint whose confidence is
+below ``min_keypoint_confidence`` (MediaPipe's *visibility*, OpenPose's score), or that
+lies outside the image the pose model saw by more than ``outside_margin`` of its width
+or height, is NaN with confidence 0.  MediaPipe extrapolates a whole body below a face
+close-up (hips and ankles several frame heights under the image) and OpenPose puts
+joints it cannot see on the image border with a low score; neither reaches the store.
+A frame whose body keeps no keypoint has ``valid`` False.  The default 0.5 is
+MediaPipe's own visibility convention; on real OpenPose output it removes the joints
+clamped to the border (scores up to 0.49) and keeps 99 % of the others.
+
+**The tracked face's person.**  The stage requires the face stage and follows its face
+(``face/bbox``): a body counts only when its head (the nose, else the eyes) lies on
+that face.  MediaPipe pose runs on the region around the face where that person's body
+can be (:func:`person_region`: 3.5 face sizes to each side, 2 above, 12 below, cut to
+the frame), which keeps other people out of view; the region is moved only when the face
+has moved by half its size, and MediaPipe's tracking restarts only when the region
+jumps by more than a quarter of its size.  OpenPose imports
+keep, of the people in a frame, the one whose head is on the face.  While the face
+stage has no face, the last region is kept for a second, then the whole frame is used
+and the most prominent body is taken.  When the face stage fails on a video, pose still
+runs, without a face to follow, and its ``note`` says so.
+
+**A person, not a picture of one.**  MediaPipe finds bodies in logos and drawings (a
+title card gave a skeleton with visibility near 1).  A body whose face MediaPipe reports
+as visible (nose and both eyes above the threshold, in the image) must have a real face
+there: when the face stage has none at that frame, a face detector looks at an enlarged
+crop of the body's head, and without a face the frame has no person.  People seen from
+behind or with hidden faces are not checked.  Imported OpenPose bodies cannot be checked
+this way (the pictures are not decoded for an import).
+
+The group attributes ``frames_not_tracked_face`` and ``frames_without_face`` count the
+frames where a body was rejected by these two rules.
 
 Backends (parameter ``backend``):
 
 ``mediapipe`` (default)
-    MediaPipe Pose in tracking mode (one person: the most prominent one when it
-    starts, then followed), its 33 landmarks mapped to COCO-18 as
-    :mod:`.layouts` documents; the confidence is MediaPipe's
-    *visibility*, the neck is the shoulders' midpoint.  Points outside the frame keep
-    MediaPipe's estimate with a low confidence.  ``model_complexity`` 1 (the "full"
-    model, the default) is the one MediaPipe ships; it takes about 17 ms of one CPU
-    core per frame (about 55 frames/s at 640x360 when the core is free).
-    Complexity 0 ("lite", faster) and 2 ("heavy", more accurate) are downloaded by
-    MediaPipe on first use, which needs network access once.
+    MediaPipe Pose in tracking mode, its 33 landmarks mapped to COCO-18 as
+    :mod:`.layouts` documents; the confidence is MediaPipe's *visibility*, the neck is
+    the shoulders' midpoint.  ``model_complexity`` 1 (the "full" model, the default) is
+    the one MediaPipe ships; it takes about 17 ms of one CPU core per frame (about 55
+    frames/s at 640x360 when the core is free).  Complexity 0 ("lite", faster) and 2
+    ("heavy", more accurate) are downloaded by MediaPipe on first use, which needs
+    network access once.
 
 ``openpose``
     Reads ``pose_keypoints_2d`` (COCO-18 or BODY_25) from
-    ``<import_dir>/<video-id>/*_keypoints.json`` (see :mod:`.openpose`);
-    joints OpenPose did not find are NaN with confidence 0.
+    ``<import_dir>/<video-id>/*.json`` (see :mod:`.openpose` and :mod:`.imports`).
 """
 
 from __future__ import annotations
@@ -42,13 +74,29 @@ from vidaffect.errors import SetupError
 from vidaffect.io.store import Output, empty_rows
 from vidaffect.io.video import VideoInfo
 from vidaffect.stages.base import Batch, ModelInput, Stage, StageRun
-from vidaffect.stages.imports import IMPORT_MATCHES, check_import_params, open_import
-from vidaffect.stages.layouts import BODY_POINTS, pose33_to_coco18
+from vidaffect.stages.boxes import points_box
+from vidaffect.stages.face import FaceStage
+from vidaffect.stages.imports import IMPORT_MATCHES, Imported, ImportRun, check_import_params, import_files, open_import
+from vidaffect.stages.layouts import BODY_POINTS, COCO18_NAMES, pose33_to_coco18
 from vidaffect.stages.mediapipe_solutions import mediapipe_solution, restart_quietly
-from vidaffect.stages.openpose import read_openpose
+from vidaffect.stages.openpose import follow, read_openpose
 from vidaffect.stages.params import StageParams, param
 
 _MODEL_FILES = {0: "pose_landmark_lite.tflite", 1: "pose_landmark_full.tflite", 2: "pose_landmark_heavy.tflite"}
+FACE_BBOX, FACE_VALID = FaceStage.key("bbox"), FaceStage.key("valid")
+_K = {name: i for i, name in enumerate(COCO18_NAMES)}
+NOSE, EYES, HEAD = _K["nose"], [_K["right_eye"], _K["left_eye"]], [_K[n] for n in ("nose", "right_eye", "left_eye", "right_ear", "left_ear")]
+# The region around a face where its person's body can be, in face sizes (the longer
+# side of the face box): arms spread reach about 5 to each side, raised hands 2 above,
+# ankles about 11 below the top of the face.
+_REGION_SIDE, _REGION_ABOVE, _REGION_BELOW = 3.5, 2.0, 12.0
+_REGION_MOVE = 0.5  # face sizes the ideal region must move before the region follows
+# MediaPipe tracks in the coordinates of the image it is given; it follows a region
+# that moves or grows by less than this share of its size like a moving person, and
+# starts afresh after larger changes.
+_REGION_RESTART = 0.25
+_HEAD_ON_FACE = 0.25  # the head point may lie this many face sizes outside the face box
+_HEAD_CROP, _HEAD_CROP_PX = 2.0, 256  # head check: crop side over the head's extent, pixels
 
 
 @dataclass(frozen=True)
@@ -56,30 +104,99 @@ class PoseParams(StageParams):
     stage = "pose"
 
     backend: str = param("mediapipe", "mediapipe, or openpose to import --write_json output", choices=("mediapipe", "openpose"))
+    min_keypoint_confidence: float = param(
+        0.5, "keypoints below this confidence (MediaPipe visibility, OpenPose score) are NaN, confidence 0", low=0, high=1
+    )
+    outside_margin: float = param(
+        0.01, "keypoints further outside the image than this fraction of its width/height are NaN, confidence 0", low=0
+    )
     model_complexity: int = param(1, "MediaPipe pose model: 0 lite, 1 full (shipped), 2 heavy", choices=tuple(_MODEL_FILES))
     smooth_landmarks: bool = param(True, "MediaPipe's temporal filter of the landmarks")
     min_detection_confidence: float = param(0.5, "person detector score a body needs, 0-1", low=0, high=1)
     min_tracking_confidence: float = param(0.5, "landmark presence score to keep tracking, 0-1", low=0, high=1)
-    import_dir: str = param("", "folder of OpenPose JSON folders, one per video (openpose backend)")
+    import_dir: str = param("", "folder of OpenPose JSON folders, one per video (openpose backend; made absolute)")
     import_match: str = param("auto", "imported rows to frames: auto or index", choices=IMPORT_MATCHES)
 
     def check(self) -> None:
         check_import_params(self)
 
 
+def present_keypoints(keypoints: np.ndarray, region: tuple[float, float, float, float], p: PoseParams) -> np.ndarray:
+    """The keypoints that are there: those below ``p.min_keypoint_confidence``, or
+    outside ``region`` (x0, y0, x1, y1 pixels: the image the pose model saw) by more than
+    ``p.outside_margin`` of its width or height, become NaN with confidence 0.
+
+    Parameters
+    ----------
+    keypoints : np.ndarray, shape (..., 18, 3)
+        x, y in pixels and confidence.
+    region : tuple of float
+    p : PoseParams
+
+    Returns
+    -------
+    np.ndarray, same shape, float32
+    """
+    kp = np.array(keypoints, np.float32)
+    x0, y0, x1, y1 = region
+    mx, my = p.outside_margin * (x1 - x0), p.outside_margin * (y1 - y0)
+    x, y, c = kp[..., 0], kp[..., 1], kp[..., 2]
+    inside = (x >= x0 - mx) & (x <= x1 + mx) & (y >= y0 - my) & (y <= y1 + my)
+    keep = inside & (c >= p.min_keypoint_confidence) & (c > 0)
+    kp[~keep] = (np.nan, np.nan, 0.0)
+    return kp
+
+
+def person_region(face: np.ndarray, width: int, height: int) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1): the part of a ``width`` x ``height`` frame where the body of
+    the person with face box ``face`` (x, y, w, h) can be."""
+    x, y, w, h = (float(v) for v in face)
+    side = max(w, h)
+    cx = x + w / 2
+    x0, x1 = cx - _REGION_SIDE * side, cx + _REGION_SIDE * side
+    y0, y1 = y - _REGION_ABOVE * side, y + _REGION_BELOW * side
+    return max(0, int(x0)), max(0, int(y0)), min(width, int(np.ceil(x1))), min(height, int(np.ceil(y1)))
+
+
+def head_on_face(keypoints: np.ndarray, face: np.ndarray) -> bool:
+    """The body's head point (the nose, else the eyes' midpoint; any confidence above 0)
+    lies on the face box (x, y, w, h), give or take a quarter of its size."""
+    kp = np.asarray(keypoints)
+    seen = (kp[:, 2] > 0) & np.isfinite(kp[:, 0])
+    if seen[NOSE]:
+        head = kp[NOSE, :2]
+    elif seen[EYES].any():
+        head = kp[EYES][seen[EYES], :2].mean(axis=0)
+    else:
+        return False
+    x, y, w, h = (float(v) for v in face)
+    slack = _HEAD_ON_FACE * max(w, h)
+    return bool(x - slack <= head[0] <= x + w + slack and y - slack <= head[1] <= y + h + slack)
+
+
+def shows_face(keypoints: np.ndarray, region: tuple[float, float, float, float], p: PoseParams) -> bool:
+    """The body claims a visible face: nose and both eyes confident and in the image."""
+    x, y, c = np.asarray(keypoints)[[NOSE, *EYES]].T
+    x0, y0, x1, y1 = region
+    return bool(((x >= x0) & (x <= x1) & (y >= y0) & (y <= y1) & (c >= p.min_keypoint_confidence)).all())
+
+
 class PoseStage(Stage):
-    """Body keypoints in COCO-18 order (see module docs)."""
+    """Body keypoints in COCO-18 order of the tracked face's person (see module docs)."""
 
     name = "pose"
     group = "pose"
-    version = "1"
+    version = "2"
+    requires = ("face",)
+    can_do_without = ("face",)
     Params = PoseParams
     model_inputs = {"pose": ModelInput("keypoints", keypoints=True)}
     params: PoseParams
 
     def __init__(self, params: PoseParams | None = None, device: str = "cpu") -> None:
         super().__init__(params, device)
-        self._pose = None
+        self._pose: Any = None
+        self._faces: Any = None
 
     def needs_images(self) -> bool:
         return self.params.backend == "mediapipe"
@@ -87,20 +204,32 @@ class PoseStage(Stage):
     def outputs(self) -> dict[str, Output]:
         return {"keypoints": Output((BODY_POINTS, 3), "f4"), "valid": Output((), "bool", False)}
 
+    def imported_files(self, info: VideoInfo) -> list[Path] | None:
+        return import_files(self.params, info.video_id) if self.params.backend != "mediapipe" else None
+
     def open(self, info: VideoInfo, store_path: Path) -> StageRun:
         p = self.params
         if p.backend != "mediapipe":
-            return open_import(p, info, self.outputs(), functools.partial(read_openpose, part="pose"))
+            run = functools.partial(_PoseImportRun, params=p, size=(info.width, info.height))
+            return open_import(p, info, self.outputs(), functools.partial(read_openpose, part="pose"), run)
         if self._pose is None:
             self._pose = _load_pose(p)
         else:
             restart_quietly(self._pose)  # forget the previous video's person
-        return _PoseRun(self._pose, self.outputs())
+        return _PoseRun(self, info)
+
+    def face_detector(self) -> Any:
+        """MediaPipe's short-range face detector, for the head check (loaded when first
+        needed)."""
+        if self._faces is None:
+            self._faces = mediapipe_solution("face_detection.FaceDetection", model_selection=0, min_detection_confidence=0.5)
+        return self._faces
 
     def close(self) -> None:
-        if self._pose is not None:
-            self._pose.close()
-            self._pose = None
+        for solution in (self._pose, self._faces):
+            if solution is not None:
+                solution.close()
+        self._pose = self._faces = None
 
 
 def _load_pose(p: PoseParams) -> Any:
@@ -125,23 +254,142 @@ def _load_pose(p: PoseParams) -> Any:
         ) from None
 
 
+def _faces_of(batch: Batch) -> list[np.ndarray | None]:
+    """The tracked face's box in each frame of the batch (None: no face, or no face stage)."""
+    boxes, valid = batch.inputs.get(FACE_BBOX), batch.inputs.get(FACE_VALID)
+    if boxes is None or valid is None:
+        return [None] * len(batch)
+    return [box if ok else None for box, ok in zip(boxes, valid, strict=True)]
+
+
+class _Rejections:
+    """Frames whose body was not taken, by rule, kept in the group's attributes."""
+
+    def __init__(self, attrs: dict[str, Any], rules: tuple[str, ...]) -> None:
+        self.attrs = attrs
+        self.attrs.update(dict.fromkeys(rules, 0))
+
+    def add(self, rule: str) -> None:
+        self.attrs[rule] += 1
+
+
 class _PoseRun(StageRun):
-    def __init__(self, pose: Any, outputs: dict[str, Output]) -> None:
+    def __init__(self, stage: PoseStage, info: VideoInfo) -> None:
         super().__init__()
-        self.pose = pose
-        self.outputs = outputs
+        self.stage = stage
+        self.p = stage.params
+        self.pose = stage._pose
+        self.outputs = stage.outputs()
+        self.size = (info.width, info.height)
+        self.region: tuple[int, int, int, int] | None = None  # where MediaPipe looks now
+        self.region_face = 0.0  # size of the face the region was placed for
+        self.faceless = 0  # frames since the face stage last had a face
+        self.hold = max(1, round(info.fps)) if info.fps > 0 else 25  # frames the region outlives its face
+        self.rejected = _Rejections(self.attrs, ("frames_not_tracked_face", "frames_without_face"))
 
     def process(self, batch: Batch) -> dict[str, np.ndarray]:
         rows = empty_rows(self.outputs, len(batch))
-        for i, image in enumerate(batch.images):
-            result = self.pose.process(image)
+        for i, (image, face) in enumerate(zip(batch.images, _faces_of(batch), strict=True)):
+            h, w = image.shape[:2]
+            region = self._region(face, w, h)
+            x0, y0, x1, y1 = region
+            view = image if (x0, y0, x1, y1) == (0, 0, w, h) else np.ascontiguousarray(image[y0:y1, x0:x1])
+            result = self.pose.process(view)
             if result.pose_landmarks is None:
                 continue
-            h, w = image.shape[:2]
-            landmarks = np.array([(p.x * w, p.y * h, p.visibility) for p in result.pose_landmarks.landmark], np.float32)
-            rows["keypoints"][i] = pose33_to_coco18(landmarks)
-            rows["valid"][i] = True
+            vw, vh = x1 - x0, y1 - y0
+            landmarks = np.array([(q.x * vw + x0, q.y * vh + y0, q.visibility) for q in result.pose_landmarks.landmark], np.float32)
+            body = pose33_to_coco18(landmarks)
+            if face is not None:
+                if not head_on_face(body, face):
+                    self.rejected.add("frames_not_tracked_face")
+                    continue
+            elif shows_face(body, region, self.p) and not self._face_at_head(image, body):
+                self.rejected.add("frames_without_face")
+                continue
+            kept = present_keypoints(body, region, self.p)
+            if np.isfinite(kept[:, 0]).any():
+                rows["keypoints"][i] = kept
+                rows["valid"][i] = True
         return rows
+
+    def _region(self, face: np.ndarray | None, w: int, h: int) -> tuple[int, int, int, int]:
+        """The part of the frame MediaPipe looks at (see the module docs); moving it
+        restarts MediaPipe's tracking, whose state is in the region's coordinates."""
+        if face is None:
+            self.faceless += 1
+            wanted = self.region if self.region is not None and self.faceless <= self.hold else (0, 0, w, h)
+            if wanted != self.region:
+                self.region_face = 0.0
+        else:
+            self.faceless = 0
+            side = float(max(face[2], face[3]))
+            wanted = person_region(face, w, h)
+            if self.region is not None and self.region_face > 0:
+                moved = max(abs(a - b) for a, b in zip(wanted, self.region, strict=True))
+                if moved <= _REGION_MOVE * min(side, self.region_face):
+                    wanted = self.region
+            if wanted != self.region:
+                self.region_face = side
+        if wanted != self.region:
+            if self.region is not None and _jump(self.region, wanted) > _REGION_RESTART:
+                self.pose.reset()
+            self.region = wanted
+        return wanted
+
+    def _face_at_head(self, image: np.ndarray, body: np.ndarray) -> bool:
+        """A face detector finds a face in an enlarged crop around the body's head."""
+        import cv2
+
+        head = body[HEAD]
+        head = head[(head[:, 2] > 0) & np.isfinite(head[:, 0]), :2]
+        x, y, bw, bh = points_box(head)
+        side = _HEAD_CROP * max(bw, bh, 1.0)
+        s = _HEAD_CROP_PX / side
+        centre = _HEAD_CROP_PX / 2
+        matrix = np.array([[s, 0.0, centre - s * (x + bw / 2)], [0.0, s, centre - s * (y + bh / 2)]])
+        crop = cv2.warpAffine(image, matrix, (_HEAD_CROP_PX, _HEAD_CROP_PX), flags=cv2.INTER_LINEAR)
+        return bool(self.stage.face_detector().process(crop).detections)
 
     def finish(self) -> dict[str, np.ndarray]:
         return empty_rows(self.outputs, 0)  # every row was returned by process()
+
+
+def _jump(old: tuple[int, int, int, int], new: tuple[int, int, int, int]) -> float:
+    """How far a region moved or resized, as a share of its size."""
+    w, h = max(old[2] - old[0], 1), max(old[3] - old[1], 1)
+    return max(abs(new[0] - old[0]) / w, abs(new[2] - old[2]) / w, abs(new[1] - old[1]) / h, abs(new[3] - old[3]) / h)
+
+
+class _PoseImportRun(ImportRun):
+    """OpenPose bodies: the tracked face's person, with the same keypoint rules."""
+
+    def __init__(self, imported: Imported, outputs: dict[str, Output], match: str, times: np.ndarray, video: str, *,
+                 params: PoseParams, size: tuple[int, int]) -> None:  # fmt: skip
+        super().__init__(imported, outputs, match, times, video)
+        self.p = params
+        self.frame = (0.0, 0.0, float(size[0]), float(size[1]))
+        self.previous: np.ndarray | None = None
+        self.rejected = _Rejections(self.attrs, ("frames_not_tracked_face",))  # no pictures to look for a face in
+
+    def process(self, batch: Batch) -> dict[str, np.ndarray]:
+        rows = empty_rows(self.outputs, len(batch))
+        assert self.imported.people is not None
+        for i, (source, face) in enumerate(zip(self.rows_of(batch), _faces_of(batch), strict=True)):
+            people = self.imported.people[source] if source >= 0 else np.empty((0, BODY_POINTS, 3), np.float32)
+            if face is not None:
+                on_face = [k for k, body in enumerate(people) if head_on_face(body, face)]
+                pick = follow(people[on_face], self.previous)
+                choice = on_face[pick] if pick is not None else None
+                if choice is None and len(people):
+                    self.rejected.add("frames_not_tracked_face")
+            else:
+                choice = follow(people, self.previous)
+            self.previous = points_box(people[choice]) if choice is not None else None
+            if choice is None:
+                continue
+            kept = present_keypoints(people[choice], self.frame, self.p)
+            if np.isfinite(kept[:, 0]).any():
+                rows["keypoints"][i] = kept
+                rows["valid"][i] = True
+        return rows
