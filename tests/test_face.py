@@ -13,7 +13,7 @@ from vidaffect.bench.face_accuracy import MIRROR68, region_errors
 from vidaffect.bench.face_clips import CROSSING_CAST, EXIT_FRAMES, PHOTO_FACES, background, crossing_clip, photo, place_face
 from vidaffect.commands.extract import extract
 from vidaffect.io.video import VideoInfo
-from vidaffect.stages.base import Batch
+from vidaffect.stages.base import Batch, row_sets
 from vidaffect.stages.boxes import box_iou
 from vidaffect.stages.face import FaceParams, FaceStage
 from vidaffect.stages.face_tracker import FaceTracker
@@ -38,14 +38,16 @@ def tracker():
     t.close()
 
 
-def run_frames(stage, frames, fps=25.0):
+def run_frames(stage, frames, fps=25.0, store=Path("made.h5")):
+    """The stage's rows for ``frames`` (the run as the engine drives it, one batch)."""
     frames = np.stack(frames)
     n, h, w = frames.shape[:3]
     info = VideoInfo("made.mp4", "made", 0, 0.0, w, h, fps, n, n / fps, 0, "h264", False)
-    run = stage.open(info, Path("made.h5"))
-    rows = run.process(Batch(0, np.arange(n) / fps, frames))
-    run.finish()
-    return rows
+    run = stage.open(info, store)
+    parts = [run.process(Batch(0, np.arange(n) / fps, frames)), *row_sets(run.finish())]
+    run.close()
+    parts = [p for p in parts if p]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 def moving(n, name, height, centre, size=(360, 640)):

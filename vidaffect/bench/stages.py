@@ -15,7 +15,7 @@ import torch
 from vidaffect.bench.context import FPS, Context
 from vidaffect.extraction.engine import BATCH_FRAMES
 from vidaffect.io.video import AudioChunk, Frame, VideoInfo, VideoSource, decode, probe
-from vidaffect.stages.base import Batch, Stage
+from vidaffect.stages.base import Batch, Stage, row_sets
 from vidaffect.stages.crop import CROP_SIZE, crop_faces
 from vidaffect.stages.embed import EmbedStage, EncoderParams
 from vidaffect.stages.encoder import Encoder
@@ -60,14 +60,17 @@ def image_stage_fps(ctx: Context, stage: Stage, inputs: dict[str, np.ndarray] | 
     store = ctx.work / "stage.h5"
     warm = stage.open(ctx.clip_info, store)
     warm.process(next(frame_batches(frames[:8], inputs=inputs)))
+    warm.abort()
     run = stage.open(ctx.clip_info, store)  # a fresh video: trackers start afresh
     parts: list[dict[str, np.ndarray]] = []
     started = time.perf_counter()
     for batch in frame_batches(frames, inputs=inputs):
         parts.append(run.process(batch))
-    parts.append(run.finish())
+    parts += row_sets(run.finish())
     elapsed = time.perf_counter() - started
+    run.close()
     stage.close()
+    parts = [p for p in parts if p]
     rows = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     return len(frames) / elapsed, rows
 
@@ -101,7 +104,7 @@ def measure_mel(ctx: Context) -> dict[str, Any]:
                 rows += len(run.process(Batch(done, np.array(times), np.empty((len(times), 0, 0, 3), np.uint8)))["valid"])
                 done += len(times)
                 times.clear()
-        return rows + len(run.finish()["valid"])
+        return rows + sum(len(r["valid"]) for r in row_sets(run.finish()))
 
     replay()  # the filterbank and first calls warm up
     frames, elapsed = 0, 0.0

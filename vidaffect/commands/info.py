@@ -10,9 +10,12 @@ import h5py
 import numpy as np
 
 from vidaffect.errors import ParameterError
+from vidaffect.extraction.subjects import SUBJECTS
 from vidaffect.io.recipe import load_recipe
 from vidaffect.io.store import describe_stages, list_stores
 from vidaffect.stages import registry
+from vidaffect.stages.face import FaceStage
+from vidaffect.stages.face_table import Subject, read_subjects
 
 
 def describe(target: str | Path) -> str:
@@ -41,6 +44,7 @@ def describe_store_dir(root: Path) -> str:
         try:
             with h5py.File(path, "r") as h5:
                 stages = describe_stages(h5)
+                people = subjects_of(h5)
                 n = int(h5.attrs.get("frame_count", 0))
                 fps = float(h5.attrs.get("fps", 0))
         except OSError as exc:
@@ -50,6 +54,8 @@ def describe_store_dir(root: Path) -> str:
             totals.setdefault(s["stage"], []).append(s["valid_fraction"])
             params.setdefault(s["stage"], set()).add(json.dumps(s["params"], sort_keys=True))
         cells = ", ".join(f"{s['stage']} ({s['valid_fraction']:.2f})" for s in stages)
+        if len(people) > 1:
+            cells += f"; {len(people)} subjects: " + ", ".join(f"{p.subject} frames {p.first}-{p.last}" for p in people)
         lines.append(f"{vid:<32} {n:>7} {fps:>6.2f}  {cells}")
     lines += ["", "stages:"]
     for stage, fractions in totals.items():
@@ -81,7 +87,23 @@ def describe_store_file(path: Path) -> str:
                 f"  {s['stage']} (group /{s['group']}, v{s['version']}, hash {s['params_hash']}, {s['completed']}){note}"
             )
             lines.append(f"    params {json.dumps(s['params'], sort_keys=True)}")
+        people = subjects_of(h5)
+        if people:
+            lines.append("subjects (the people whose face is stored; 0 is the primary face, in the top-level groups):")
+        for p in people:
+            groups = ["top-level groups"] if p.subject == 0 else [f"{SUBJECTS}/{p.subject}/{g}" for g in h5[SUBJECTS][str(p.subject)]]
+            where = ", ".join(groups)
+            lines.append(
+                f"  {p.subject}: identity {p.identity}, frames {p.first}-{p.last} ({p.frames} with the face), "
+                f"screen time {p.screen:.1f}, mean x {p.centre_x:.2f} of the width; {where}"
+            )
     return "\n".join(lines)
+
+
+def subjects_of(h5: h5py.File) -> list[Subject]:
+    """The subjects a store's face group records (none for stores without them)."""
+    group = FaceStage.group_name()
+    return read_subjects(h5[group].attrs.get("subjects")) if group in h5 else []
 
 
 def describe_recipe(name: str) -> str:

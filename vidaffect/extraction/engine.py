@@ -1,4 +1,7 @@
-"""The extract engine: decode every video once, run the stages it still needs, store.
+"""The extract engine: decode every video, run the stages it still needs, store.
+
+A video is decoded once, or once per pass when some stage's rows are final only at the
+end of the video or the video has several subjects (:mod:`.subjects`).
 
 Each video is independent: a failure (unreadable file, a stage error) is recorded in
 the summary and the batch goes on; the video's existing store is left as it was.
@@ -28,10 +31,12 @@ import h5py
 import numpy as np
 
 from vidaffect.errors import ParameterError, StoreWriteError
+from vidaffect.extraction.subjects import SUBJECTS, Work, input_group, later_stages, subject_group, subject_passes, subject_todo
 from vidaffect.extraction.summary import VideoResult, failure_reason
 from vidaffect.io.recipe import load_recipe
 from vidaffect.io.store import (
     STORAGE_ERRNOS,
+    GroupSpec,
     StoredStage,
     StoreWriter,
     completed_stages,
@@ -42,7 +47,7 @@ from vidaffect.io.store import (
 )
 from vidaffect.io.video import AudioChunk, Frame, VideoError, VideoInfo, VideoSource, decode, frame_timestamps, probe
 from vidaffect.stages import registry
-from vidaffect.stages.base import Batch, Stage, StageRun
+from vidaffect.stages.base import Batch, Stage, StageRun, row_sets
 from vidaffect.stages.params import StageParams
 
 # Per-video outcomes are logged under the command's name, in workers too.
@@ -124,14 +129,16 @@ class Extractor:
             keys = self._inputs_hashes(info)
             # Checked before taking the lock, so that up-to-date stores in a folder this
             # process cannot write (a shared, read-only feature folder) can be used.
-            if self._todo(completed_stages(path, info), keys):
+            if self._todo(completed_stages(path, info), keys) or subject_todo(self.stages, self._todo, path, info, keys):
                 with locked(path):
-                    existing = completed_stages(path, info)
-                    todo = self._todo(existing, keys)
-                    if todo:
-                        self._extract(info, path, todo, existing, keys, result, on_frames)
-            if not result.stages and not result.failed_stages:
-                result.status = "skipped"
+                    for work in self._passes(path, info, keys):
+                        self._extract(info, path, work, keys, result, on_frames)
+            if result.failed_stages:
+                result.status = "failed"
+                stored = f" ({', '.join(result.stages)} stored)" if result.stages else ""
+                result.reason = "; ".join(f"{n}: {r}" for n, r in result.failed_stages.items()) + stored
+            else:
+                result.status = "done" if result.stages else "skipped"
         except KeyboardInterrupt:
             raise
         except StoreWriteError as exc:
@@ -160,44 +167,63 @@ class Extractor:
             keys[name] = _digest(own, deps) if own or deps else ""
         return keys
 
-    def _todo(self, existing: dict[str, StoredStage], keys: dict[str, str]) -> list[str]:
+    def _todo(self, existing: dict[str, StoredStage], keys: dict[str, str], names: Iterable[str] | None = None) -> list[str]:
         return [
             n
-            for n in self.plan.order
+            for n in (self.plan.order if names is None else names)
             if self.force
             or n not in existing
             or existing[n].params_hash != self.plan.hashes[n]
             or existing[n].inputs_hash != keys[n]
         ]
 
+    def _passes(self, path: Path, info: VideoInfo, keys: dict[str, str]) -> Iterator[Work]:
+        """The passes over the video that bring its store up to date, each planned from
+        the store as the previous pass left it: the stages of the whole video first,
+        then (when some stage's rows are known only at the end of the video, see
+        :meth:`Stage.whole_video`) the stages that read them, then each further subject
+        (:mod:`.subjects`)."""
+        todo = self._todo(completed_stages(path, info), keys)
+        late = later_stages(self.stages, todo)
+        for part in ([n for n in todo if n not in late], [n for n in todo if n in late]):
+            if part:
+                existing = completed_stages(path, info)
+                keep = [s.group for s in existing.values() if s.group not in {self.stages[n].group_name() for n in part}]
+                if not any(self.stages[n].whole_video() for n in part):
+                    keep.append(SUBJECTS)  # the subjects' groups stay as they are
+                yield Work(part, "", keep)
+        yield from subject_passes(self.stages, self._todo, path, info, keys)
+
     def _extract(
         self,
         info: VideoInfo,
         path: Path,
-        todo: list[str],
-        existing: dict[str, StoredStage],
+        work: Work,
         keys: dict[str, str],
         result: VideoResult,
         on_frames: Callable[[int], None] | None,
     ) -> None:
+        todo = work.stages
         stages = {n: self.stages[n] for n in todo}
         imports = any(_imports(s, info) for s in stages.values())
         if imports:
             info = dataclasses.replace(info, decoded_timestamps=frame_timestamps(info))
         needed_by_others = {dep for n in todo for dep in stages[n].requires}
-        cached_inputs = [
-            f"{g}/{d}"
-            for dep in needed_by_others - set(todo)
-            for g in [registry.stage_class(dep).group_name()]
+        earlier_failed = {n for n in result.failed_stages if n in self.stages}
+        # Rows of required stages done earlier are read from the store (not those of a
+        # stage that failed in an earlier pass: its old rows would be stale).
+        cached_inputs = {
+            input_group(self.stages, dep, work.prefix) + "/" + d: f"{group}/{d}"
+            for dep in needed_by_others - set(todo) - earlier_failed
+            for group in [self.stages[dep].group_name()]
             for d in self.stages[dep].outputs()
-        ]
-        todo_groups = {stages[n].group_name() for n in todo}
-        keep = [s.group for s in existing.values() if s.group not in todo_groups]
-        groups = {
-            s.group_name(): (n, s.outputs(), s.params.as_dict(), self.plan.hashes[n], s.version) for n, s in stages.items()
         }
-        writer = StoreWriter(path, info, groups, keep)
-        pass_ = _Pass(stages, writer, path)
+        groups = {
+            work.prefix + s.group_name(): (n, s.outputs(), s.params.as_dict(), self.plan.hashes[n], s.version)
+            for n, s in stages.items()
+        }
+        writer = StoreWriter(path, info, groups, work.keep)
+        pass_ = _Pass(stages, writer, path, work.prefix, earlier_failed)
         old = h5py.File(path, "r") if cached_inputs else None
         try:
             for n in stages:
@@ -235,7 +261,7 @@ class Extractor:
                             if any(len(v) != n for v in rows.values()):
                                 raise RuntimeError(f"stage {name} must return one row per frame")
                             batch.inputs.update({stage.key(k): v for k, v in rows.items()})
-                        writer.append(stage.group_name(), rows)
+                        writer.append(work.prefix + stage.group_name(), rows)
 
                     pass_.step(name, step)
                 done += n
@@ -263,17 +289,20 @@ class Extractor:
             if done == 0:
                 raise VideoError("contains no decodable video frames")
             for name, stage in stages.items():
-                pass_.step(name, functools.partial(_finish, writer=writer, group=stage.group_name()))
+                spec = groups[work.prefix + stage.group_name()]
+                pass_.step(name, functools.partial(_finish, writer=writer, group=work.prefix + stage.group_name(), spec=spec))
             if old is not None:
                 old.close()
                 old = None
             if len(pass_.failed) == len(stages):
                 writer.abort()
             else:
-                attrs = {}
+                attrs: dict[str, dict] = {}
                 for n, run in pass_.runs.items():
-                    group = stages[n].group_name()
+                    group = work.prefix + stages[n].group_name()
                     attrs[group] = dict(run.attrs)
+                    for k in run.subjects:
+                        attrs[subject_group(k, stages[n].group_name())] = {"subject": k}
                     if keys[n]:
                         attrs[group]["inputs_hash"] = keys[n]
                     if n in pass_.degraded:
@@ -281,16 +310,10 @@ class Extractor:
                         writer.set_params_hash(group, without_hash(self.plan.hashes[n], missing))
                         note = f"made without {', '.join(missing)}, which failed on this video; re-run to redo it"
                         attrs[group]["note"] = "; ".join(filter(None, [attrs[group].get("note", ""), note]))
-                writer.commit(attrs, kept_anyway=[stages[n].group_name() for n in pass_.failed])
+                writer.commit(attrs, kept_anyway=[work.prefix + stages[n].group_name() for n in pass_.failed])
             result.frames = done
-            result.stages = list(pass_.runs)
-            result.failed_stages = dict(pass_.failed)
-            if pass_.failed:
-                result.status = "failed"
-                stored = f" ({', '.join(pass_.runs)} stored)" if pass_.runs else ""
-                result.reason = "; ".join(f"{n}: {r}" for n, r in pass_.failed.items()) + stored
-            else:
-                result.status = "done"
+            result.stages += [work.label(n) for n in pass_.runs]
+            result.failed_stages.update({work.label(n): reason for n, reason in pass_.failed.items()})
         except BaseException:
             writer.abort()
             for run in pass_.runs.values():
@@ -305,8 +328,15 @@ def _add_audio(run: StageRun, chunk: AudioChunk) -> None:
     run.add_audio(chunk.samples, chunk.start)
 
 
-def _finish(run: StageRun, writer: StoreWriter, group: str) -> None:
-    writer.append(group, run.finish())
+def _finish(run: StageRun, writer: StoreWriter, group: str, spec: GroupSpec) -> None:
+    """Store the rest of a run's rows, and the rows of its further subjects."""
+    for rows in row_sets(run.finish()):
+        writer.append(group, rows)
+    for k in run.subjects:
+        writer.add_group(subject_group(k, group), spec)
+        for rows in run.subject_rows(k):
+            writer.append(subject_group(k, group), rows)
+    run.close()
 
 
 def _imports(stage: Stage, info: VideoInfo) -> bool:
@@ -336,10 +366,12 @@ class _Pass:
     failure: it stops the pass.
     """
 
-    def __init__(self, stages: dict[str, Stage], writer: StoreWriter, path: Path) -> None:
+    def __init__(self, stages: dict[str, Stage], writer: StoreWriter, path: Path, prefix: str, earlier_failed: set[str]) -> None:
         self.stages = stages
         self.writer = writer
         self.path = path
+        self.prefix = prefix  # of the groups written ("subjects/<k>/" in a subject's pass)
+        self.earlier_failed = earlier_failed  # stages that failed in an earlier pass
         self.runs: dict[str, StageRun] = {}
         self.failed: dict[str, str] = {}
         self.degraded: dict[str, set[str]] = {}
@@ -357,7 +389,7 @@ class _Pass:
         if name in self.failed:
             return False
         stage = self.stages[name]
-        missing = {d for d in stage.requires if d in self.failed}
+        missing = {d for d in stage.requires if d in self.failed or d in self.earlier_failed}
         if missing - set(stage.can_do_without):
             self._fail(name, f"needs {', '.join(sorted(missing))}, which failed")
             return False
@@ -382,4 +414,4 @@ class _Pass:
         run = self.runs.pop(name, None)
         if run is not None:
             run.abort()
-        self.writer.drop(self.stages[name].group_name())
+        self.writer.drop(self.prefix + self.stages[name].group_name())

@@ -143,9 +143,10 @@ class StoredStage:
     inputs_hash: str = ""
 
 
-def completed_stages(path: Path, info: VideoInfo) -> dict[str, StoredStage]:
+def completed_stages(path: Path, info: VideoInfo, prefix: str = "") -> dict[str, StoredStage]:
     """Every completed stage of an existing store, by stage name; {} when the store is
-    missing, unreadable or was made from a different version of the video."""
+    missing, unreadable or was made from a different version of the video.  With
+    ``prefix`` (``subjects/<k>/``) those of a further subject."""
     if not path.exists():
         return {}
     try:
@@ -153,9 +154,12 @@ def completed_stages(path: Path, info: VideoInfo) -> dict[str, StoredStage]:
             if not source_matches(h5, info):
                 log.info("%s: source video changed since extraction; recomputing", path)
                 return {}
+            if prefix and prefix not in h5:
+                return {}
+            root = h5[prefix] if prefix else h5
             return {
-                g.attrs["stage"]: StoredStage(name, str(g.attrs["params_hash"]), str(g.attrs.get("inputs_hash", "")))
-                for name, g in h5.items()
+                g.attrs["stage"]: StoredStage(prefix + name, str(g.attrs["params_hash"]), str(g.attrs.get("inputs_hash", "")))
+                for name, g in root.items()
                 if isinstance(g, h5py.Group) and "params_hash" in g.attrs
             }
     except OSError as exc:
@@ -173,10 +177,14 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+GroupSpec = tuple[str, dict[str, Output], dict, str, str]  # stage, outputs, params, params hash, version
+
+
 class StoreWriter:
     """Writes one pass over a video into a temporary store and publishes it.
 
-    groups: group name -> (stage name, outputs, params dict, params hash, version)
+    groups: group name (a path, e.g. ``face`` or ``subjects/1/face``) -> (stage name,
+        outputs, params dict, params hash, version)
     keep: groups of the existing store to carry over unchanged.
 
     Every write that fails because the folder is full, read-only or forbidden removes
@@ -187,7 +195,7 @@ class StoreWriter:
         self,
         path: Path,
         info: VideoInfo,
-        groups: dict[str, tuple[str, dict[str, Output], dict, str, str]],
+        groups: dict[str, GroupSpec],
         keep: list[str],
     ) -> None:
         self.path = path
@@ -208,16 +216,27 @@ class StoreWriter:
                 self.datasets[f"frames/{name}"] = self.h5.create_dataset(
                     f"frames/{name}", shape=(0,), maxshape=(None,), dtype=dtype, chunks=(CHUNK_ROWS * 16,)
                 )
-            for group, (_, outputs, *_rest) in groups.items():
-                for name, out in outputs.items():
-                    self.datasets[f"{group}/{name}"] = self.h5.create_dataset(
-                        f"{group}/{name}",
-                        shape=(0, *out.shape),
-                        maxshape=(None, *out.shape),
-                        dtype=out.dtype,
-                        chunks=(CHUNK_ROWS, *out.shape),
-                        fillvalue=out.fill,
-                    )
+            for group, spec in groups.items():
+                self._create(group, spec[1])
+
+    def _create(self, group: str, outputs: dict[str, Output]) -> None:
+        assert self.h5 is not None
+        for name, out in outputs.items():
+            self.datasets[f"{group}/{name}"] = self.h5.create_dataset(
+                f"{group}/{name}",
+                shape=(0, *out.shape),
+                maxshape=(None, *out.shape),
+                dtype=out.dtype,
+                chunks=(CHUNK_ROWS, *out.shape),
+                fillvalue=out.fill,
+            )
+
+    def add_group(self, group: str, spec: GroupSpec) -> None:
+        """A group found while writing (a further subject's), stored like the others."""
+        with self._writing():
+            self._create(group, spec[1])
+        self.groups[group] = spec
+        self.rows[group] = 0
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[h5py.File | None]:
@@ -353,9 +372,10 @@ def _append(ds: h5py.Dataset, values: np.ndarray) -> None:
     ds[start:] = values
 
 
-def read_rows(h5: h5py.File, names: list[str], start: int, stop: int) -> dict[str, np.ndarray]:
-    """Rows [start, stop) of several "group/dataset" datasets."""
-    return {name: h5[name][start:stop] for name in names}
+def read_rows(h5: h5py.File, names: dict[str, str], start: int, stop: int) -> dict[str, np.ndarray]:
+    """Rows [start, stop) of several datasets: store path (``subjects/1/face/bbox``) ->
+    the key to give them (``face/bbox``)."""
+    return {key: h5[name][start:stop] for name, key in names.items()}
 
 
 def describe_stages(h5: h5py.File) -> list[dict[str, Any]]:

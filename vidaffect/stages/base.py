@@ -32,11 +32,21 @@ A run's :meth:`StageRun.process` returns rows for the next frames, in order.  It
 lag behind (the mel stage waits for audio) as long as :meth:`StageRun.finish` returns
 the rest, but a stage that other stages require must return exactly one row per frame
 of the batch, because the engine hands those rows to them in the same batch.
+
+A stage whose rows are known only once it has seen the whole video (the face stage:
+who the primary face is) says so with :meth:`Stage.whole_video`; it returns no rows
+from :meth:`StageRun.process` and all of them, in runs of frames, from
+:meth:`StageRun.finish`.  The stages that require it then run in a second pass over the
+video and read its rows from the store.  Such a stage may also find several
+*subjects* (people): :attr:`StageRun.subjects` lists the ones after the first, whose
+rows :meth:`StageRun.subject_rows` gives, and the stages that depend on it then run once
+more per subject (see :mod:`vidaffect.extraction.subjects`).
 """
 
 from __future__ import annotations
 
 import abc
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -103,12 +113,27 @@ class StageRun(abc.ABC):
         """Mono float32 samples at :meth:`Stage.audio_rate`, in stream order; ``start``
         is the first sample's time in seconds on the frames' clock."""
 
-    def finish(self) -> dict[str, np.ndarray]:
-        """Rows not yet returned by :meth:`process`."""
+    subjects: list[int] = []  # subjects after the first, once finish() has run (see the module docs)
+
+    def finish(self) -> dict[str, np.ndarray] | Iterable[dict[str, np.ndarray]]:
+        """Rows not yet returned by :meth:`process`: one set, or (a whole-video stage)
+        sets for consecutive runs of frames, in order."""
         return {}
+
+    def subject_rows(self, subject: int) -> Iterable[dict[str, np.ndarray]]:
+        """Every row of one of :attr:`subjects`, in runs of frames (after finish)."""
+        raise NotImplementedError(f"{type(self).__name__} has no subjects")
+
+    def close(self) -> None:
+        """Every row was stored: release side files."""
 
     def abort(self) -> None:
         """The video failed or the run was interrupted: discard partial side files."""
+
+
+def row_sets(rows: dict[str, np.ndarray] | Iterable[dict[str, np.ndarray]]) -> Iterable[dict[str, np.ndarray]]:
+    """What :meth:`StageRun.finish` returned, as sets of rows in frame order."""
+    return [rows] if isinstance(rows, dict) else rows
 
 
 class Stage(abc.ABC):
@@ -129,6 +154,11 @@ class Stage(abc.ABC):
     def needs_images(self) -> bool:
         """Whether the stage looks at the pictures (decoding can skip them otherwise)."""
         return True
+
+    def whole_video(self) -> bool:
+        """Whether the stage's rows are known only once it has seen the whole video
+        (see the module docs)."""
+        return False
 
     @classmethod
     def prepare(cls, params: Any, progress: bool = False) -> None:

@@ -1,4 +1,5 @@
-"""The face stage: the primary face of every frame, with 70 landmarks and a dense mesh.
+"""The face stage: the primary face of every frame (and, with ``faces=all``, every
+person's face), with 70 landmarks and a dense mesh.
 
 Datasets of the ``face`` group, one row per frame (pixel coordinates, origin at the
 top-left corner of the frame):
@@ -7,18 +8,18 @@ top-left corner of the frame):
 ``landmarks``   (70, 2) float32  68 iBUG points + 2 pupils (:mod:`.layouts`)
 ``bbox``        (4,) float32     ``(x, y, w, h)``, the tight box around the 68 points
 ``score``       () float32       confidence of the face (see the backends below)
-``count``       () int32         faces found in the frame, the primary one included
-``identity``    () int32         the primary face's identity (mediapipe backend; -1
+``count``       () int32         faces found in the frame, the stored one included
+``identity``    () int32         the stored face's identity (mediapipe backend; -1
                                  where there is no face and for imported faces)
 ``mesh``        (478, 3) float16 MediaPipe's face mesh: x, y in pixels; z is relative
                                  depth in the same pixel scale (MediaPipe's normalised
                                  z times the frame's width), about 0 at the face's
                                  centre, negative towards the camera.  float16 keeps
                                  1 px steps up to 2048 px.
-``valid``       () bool          the primary face is in this frame
+``valid``       () bool          the stored face is in this frame
 ==============  ===============  ======================================================
 
-Frames without the primary face hold NaN (``valid`` False); a value is never carried
+Frames without the stored face hold NaN (``valid`` False); a value is never carried
 over from an earlier frame.  ``count`` counts every face found in the frame, so it is
 at least 1 where ``valid`` is true, and 0 only when no face at all was found; it can
 be 1 or more where ``valid`` is false when only other people are in view.
@@ -32,19 +33,27 @@ Backends (parameter ``backend``):
     high are found in 640x360 and 1920x1080 frames alike), and MediaPipe's face mesh
     with iris refinement runs on a steady, upright region around each face
     (``crop_scale`` times its size).  Identical frames give identical landmarks.  Jaw
-    points follow the face outline (:mod:`.jaw`).  A face is counted once the mesh confirms
-    it (a detector's false positive, e.g. on lettering, is not a face); at most
-    ``max_faces`` faces are followed and counted.
+    points follow the face outline (:mod:`.jaw`).  A face is counted once the mesh
+    confirms it (a detector's false positive, e.g. on lettering, is not a face); at
+    most ``max_faces`` faces are followed and counted.  ``score`` is the detector's
+    score of the face at its latest detection.
 
-    The primary face is the person with the most screen time weighted by size so
-    far: the sum, over the frames a person has been seen, of the face's height over
-    the frame's height.  Once ahead, a person stays primary unless another overtakes
-    that sum, which after the first seconds takes a long time.  ``score`` is the
-    detector's score of the face at its latest detection.
+    The people are decided once the whole video has been seen (the faces of every
+    frame wait in a temporary table, :mod:`.face_table`): the *primary* face, stored
+    in the ``face`` group, is the person with the most screen time weighted by size,
+    the sum over the frames a person is seen of the face's height over the frame's
+    height.  The group attribute ``subjects`` (JSON) lists the people stored, the
+    primary one first (subject 0), each with its identity, frame count, first and
+    last frame, screen time and mean horizontal position (``centre_x``, 0 left to 1
+    right).  With ``faces=all`` every person seen for at least ``min_subject_seconds``
+    is a subject: subject k >= 1 is stored in ``subjects/<k>/face`` with the same
+    datasets, and the stages that follow a face (pose, embed, evm) run for each
+    subject into ``subjects/<k>/<group>``.  Because the face's rows are final only at
+    the end, the stages that read them run in a second pass over the video.
 
     With ``smooth`` the stored landmarks and box pass through a one-euro filter
     (:mod:`.face_filter`; ``smooth_min_cutoff``, ``smooth_beta``), restarted whenever
-    the primary face is lost or changes.  The mesh is stored unfiltered.
+    the face is lost.  The mesh is stored unfiltered.
 
 ``openface``
     Reads ``<import_dir>/<video-id>.csv`` written by OpenFace's ``FeatureExtraction``
@@ -58,7 +67,9 @@ Backends (parameter ``backend``):
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,31 +78,41 @@ import numpy as np
 from vidaffect.io.store import Output, empty_rows
 from vidaffect.io.video import VideoInfo
 from vidaffect.stages.base import Batch, ModelInput, Stage, StageRun
+from vidaffect.stages.boxes import points_box
 from vidaffect.stages.face_filter import FaceSmoother
-from vidaffect.stages.face_tracker import Face, FaceTracker, TrackerSettings
+from vidaffect.stages.face_table import FaceTable, Subject, subjects_attr, summarise
+from vidaffect.stages.face_tracker import FaceTracker, TrackerSettings
 from vidaffect.stages.imports import IMPORT_MATCHES, check_import_params, import_files, open_import
-from vidaffect.stages.layouts import FACE_POINTS, MESH_POINTS
+from vidaffect.stages.layouts import FACE_POINTS, IBUG_POINTS, MESH_POINTS
 from vidaffect.stages.openface import read_openface
 from vidaffect.stages.openpose import read_openpose
 from vidaffect.stages.params import param
+
+FACES = ("primary", "all")
+TABLE_SUFFIX = ".faces.tmp"  # the temporary table next to the store: .<store name>.faces.tmp
 
 
 @dataclass(frozen=True)
 class FaceParams(TrackerSettings):
     """The face stage's parameters: the backend, the import settings, and (for the
-    mediapipe backend) the tracker's :class:`.face_tracker.TrackerSettings` and the
-    optional smoothing."""
+    mediapipe backend) the tracker's :class:`.face_tracker.TrackerSettings`, the
+    people stored and the optional smoothing."""
 
     backend: str = param("mediapipe", "mediapipe, or import the output of openface (CSV) or openpose (JSON)",
                          choices=("mediapipe", "openface", "openpose"))
     import_dir: str = param("", "folder of OpenFace CSVs / OpenPose JSON folders (import backends)")
     import_match: str = param("auto", "imported rows to frames: auto, index or timestamp", choices=IMPORT_MATCHES)
+    faces: str = param("primary", "primary: the person with the most screen time; all: every person, one group each "
+                       "(subjects/<k>/...; mediapipe backend)", choices=FACES)  # fmt: skip
+    min_subject_seconds: float = param(1.0, "s; with faces=all, people seen for less are not subjects", low=0)
     smooth: bool = param(False, "one-euro filter on the stored landmarks and box (mediapipe backend)")
     smooth_min_cutoff: float = param(1.0, "Hz; the filter's cut-off for a still face", above=0)
     smooth_beta: float = param(3.0, "Hz per (outer-eye distance per second): how fast the cut-off rises with speed", low=0)
 
     def check(self) -> None:
         check_import_params(self)
+        if self.faces == "all" and self.backend != "mediapipe":
+            self.fail("faces", f"all needs the mediapipe backend (imports give one face per frame); got backend {self.backend}")
 
 
 def face_outputs() -> dict[str, Output]:
@@ -107,7 +128,7 @@ def face_outputs() -> dict[str, Output]:
 
 
 class FaceStage(Stage):
-    """Primary face: landmarks, mesh, box, score, identity and face count (see module docs)."""
+    """Faces: landmarks, mesh, box, score, identity and face count (see module docs)."""
 
     name = "face"
     group = "face"
@@ -124,6 +145,9 @@ class FaceStage(Stage):
         # Imports only need the frame count and timestamps, so decoding can skip pictures.
         return self.params.backend == "mediapipe"
 
+    def whole_video(self) -> bool:
+        return self.params.backend == "mediapipe"
+
     def outputs(self) -> dict[str, Output]:
         return face_outputs()
 
@@ -138,7 +162,8 @@ class FaceStage(Stage):
         if self._tracker is None:
             self._tracker = FaceTracker(p)
         self._tracker.reset()
-        return _FaceRun(self._tracker, FaceSmoother(p.smooth_min_cutoff, p.smooth_beta) if p.smooth else None)
+        table = FaceTable(store_path.with_name("." + store_path.name + TABLE_SUFFIX), p.max_faces)
+        return _FaceRun(self._tracker, table, p, info)
 
     def close(self) -> None:
         if self._tracker is not None:
@@ -147,40 +172,75 @@ class FaceStage(Stage):
 
 
 class _FaceRun(StageRun):
-    def __init__(self, tracker: FaceTracker, smoother: FaceSmoother | None) -> None:
+    """Follows every face, keeping them in the table; decides the people at the end."""
+
+    def __init__(self, tracker: FaceTracker, table: FaceTable, params: FaceParams, info: VideoInfo) -> None:
         super().__init__()
         self.tracker = tracker
-        self.smoother = smoother
+        self.table = table
+        self.params = params
+        self.info = info
         self.outputs = face_outputs()
-        self.followed = -1  # the track of the primary face in the previous frame
+        self._stored: list[Subject] = []
 
     def process(self, batch: Batch) -> dict[str, np.ndarray]:
-        rows = empty_rows(self.outputs, len(batch))
-        for i, (image, t) in enumerate(zip(batch.images, batch.timestamps, strict=True)):
-            faces = self.tracker.step(image)
-            rows["count"][i] = len(faces)
-            face = self._primary(faces)
-            if face is None:
-                self.followed = -1
-                continue
-            landmarks, box = face.landmarks, face.box
-            if self.smoother is not None:
-                if face.track != self.followed:
-                    self.smoother.reset()
-                landmarks, box = self.smoother(float(t), landmarks, box)
-            self.followed = face.track
-            rows["landmarks"][i] = landmarks
-            rows["bbox"][i] = box
-            rows["score"][i] = face.score
-            rows["identity"][i] = face.identity
-            rows["mesh"][i] = face.mesh
-            rows["valid"][i] = True
-        return rows
+        self.table.append(batch.timestamps, [self.tracker.step(image) for image in batch.images])
+        return {}  # the rows come from finish(), once the people are known
 
-    def _primary(self, faces: list[Face]) -> Face | None:
-        leader = self.tracker.identities.leader()
-        return next((f for f in faces if self.tracker.identities.key(f.track) == leader), None)
-
-    def finish(self) -> dict[str, np.ndarray]:
+    def finish(self) -> Iterator[dict[str, np.ndarray]]:
         self.tracker.finish()
-        return empty_rows(self.outputs, 0)  # every row was returned by process()
+        found = summarise(self.table, self.tracker.identities.resolve_many, self.info.width, self.info.height)
+        if self.params.faces == "all":
+            rate = self.info.fps if self.info.fps > 0 else 25.0
+            kept = [s for s in found if s.subject == 0 or s.frames >= self.params.min_subject_seconds * rate]
+            self._stored = [dataclasses.replace(s, subject=k) for k, s in enumerate(kept)]
+        else:
+            self._stored = found[:1]
+        self.subjects = [s.subject for s in self._stored[1:]]
+        self.attrs["subjects"] = subjects_attr(self._stored)
+        self.attrs["people_seen"] = len(found)
+        return self._rows(self._stored[0].identity if self._stored else -1)
+
+    def subject_rows(self, subject: int) -> Iterator[dict[str, np.ndarray]]:
+        return self._rows(next(s.identity for s in self._stored if s.subject == subject))
+
+    def _rows(self, identity: int) -> Iterator[dict[str, np.ndarray]]:
+        """The rows of the person ``identity`` (-1: nobody), in runs of frames."""
+        p = self.params
+        smoother = FaceSmoother(p.smooth_min_cutoff, p.smooth_beta) if p.smooth else None
+        resolve = self.tracker.identities.resolve_many
+        for start, part in self.table.chunks():
+            n = len(part["track"])
+            rows = empty_rows(self.outputs, n)
+            tracks = part["track"]
+            rows["count"][:] = (tracks >= 0).sum(axis=1)
+            who = resolve(tracks, start + np.arange(n)) if identity >= 0 else np.full(tracks.shape, -1)
+            frame, slot = np.nonzero((who == identity) & (who >= 0))
+            frame, first = np.unique(frame, return_index=True)  # one face per person and frame
+            slot = slot[first]
+            landmarks = part["landmarks"][frame, slot]
+            rows["landmarks"][frame] = landmarks
+            rows["bbox"][frame] = points_box(landmarks[:, :IBUG_POINTS])
+            rows["score"][frame] = part["score"][frame, slot]
+            rows["mesh"][frame] = part["mesh"][frame, slot]
+            rows["identity"][frame] = identity
+            rows["valid"][frame] = True
+            if smoother is not None:
+                _smooth(smoother, rows, part["timestamp"])
+            yield rows
+
+    def close(self) -> None:
+        self.table.discard()
+
+    def abort(self) -> None:
+        self.table.discard()
+
+
+def _smooth(smoother: FaceSmoother, rows: dict[str, np.ndarray], timestamps: np.ndarray) -> None:
+    """Smooth the landmarks and boxes of consecutive frames in place; the filter
+    restarts after a frame without the face."""
+    for i in range(len(timestamps)):
+        if not rows["valid"][i]:
+            smoother.reset()
+            continue
+        rows["landmarks"][i], rows["bbox"][i] = smoother(float(timestamps[i]), rows["landmarks"][i], rows["bbox"][i])

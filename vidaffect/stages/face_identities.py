@@ -174,10 +174,18 @@ class Identities:
     def resolve(self, track: int, frame: int) -> int:
         """The final identity of the face ``track`` showed in ``frame`` (after
         :meth:`finish`); -1 for a track that never was confirmed."""
+        return int(self.resolve_many(np.array([[track]]), np.array([frame]))[0, 0])
+
+    def resolve_many(self, tracks: np.ndarray, frames: np.ndarray) -> np.ndarray:
+        """:meth:`resolve` for a table: ``tracks`` (n, k) int, -1 for no face, in the
+        frames ``frames`` (n,); returns (n, k) identities, -1 where none."""
+        tracks = np.array(tracks, np.int64)
         for old, new, start in self.relabels:
-            if track == old and frame >= start:
-                track = new
-        return self._watch[track].identity
+            tracks[(tracks == old) & (np.asarray(frames)[:, None] >= start)] = new
+        table = np.full(self._next_track + 1, -1, np.int64)  # the last entry: no face
+        for track, watch in self._watch.items():
+            table[track] = watch.identity
+        return table[np.where(tracks >= 0, tracks, self._next_track)]
 
     def screen_time(self) -> dict[int, float]:
         """Screen time per identity (see the module docs)."""

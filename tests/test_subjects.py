@@ -1,0 +1,108 @@
+"""Every face of a video through the extract engine: the primary face chosen over the
+whole video, and with face.faces=all one group per person, the per-person stages
+run for each."""
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+from media import make_video
+
+from vidaffect.bench.face_clips import background, place_face
+from vidaffect.commands.extract import extract
+from vidaffect.commands.info import describe
+from vidaffect.stages.boxes import box_iou
+
+# 20 frames: the astronaut on the left, Grace Hopper on the right growing from 70 to
+# 184 px high: the astronaut is more prominent at first, Hopper has the more screen
+# time weighted by size over the clip (and so is the primary face).
+FRAMES = 20
+
+
+@pytest.fixture(scope="module")
+def two_faces(tmp_path_factory):
+    root = tmp_path_factory.mktemp("two")
+    frames, boxes = [], []
+    for i in range(FRAMES):
+        canvas = background()
+        boxes.append((place_face(canvas, "astronaut", 110, (170 + i, 180)), place_face(canvas, "hopper", 70 + 6 * i, (470, 180))))
+        frames.append(canvas)
+    return make_video(root / "videos" / "two.mp4", frames), boxes
+
+
+def face_rows(h5, group="face"):
+    return {k: h5[group][k][()] for k in h5[group]}
+
+
+def follows(rows, boxes):
+    """Index of the true face the stored boxes overlap in every valid frame, or None."""
+    hits = {max((box_iou(rows["bbox"][t], b[k]), k) for k in (0, 1))[1] for t, b in enumerate(boxes) if rows["valid"][t]}
+    return hits.pop() if len(hits) == 1 else None
+
+
+def test_the_primary_face_is_chosen_over_the_whole_video(two_faces, tmp_path):
+    clip, boxes = two_faces
+    summary = extract([clip], tmp_path / "features", stages=["face", "pose"])
+    assert [r.status for r in summary.results] == ["done"], summary.report()
+    path = tmp_path / "features" / "two.h5"
+    with h5py.File(path, "r") as h5:
+        rows = face_rows(h5)
+        subjects = json.loads(h5["face"].attrs["subjects"])
+        assert h5["face"].attrs["people_seen"] == 2
+        assert "subjects" not in h5  # faces=primary stores one person
+    assert rows["valid"].all() and (rows["count"] == 2).all()
+    assert follows(rows, boxes) == 1  # Hopper, from the first frame on
+    assert len(set(rows["identity"])) == 1
+    assert [s["subject"] for s in subjects] == [0] and subjects[0]["identity"] == rows["identity"][0]
+    assert subjects[0]["frames"] == FRAMES and subjects[0]["centre_x"] > 0.5
+    assert not list(path.parent.glob(".*.faces.tmp"))  # the temporary table is gone
+
+
+def test_every_person_gets_their_groups_with_faces_all(two_faces, tmp_path):
+    # pose stands for every stage that follows a face (embed and evm run the same way).
+    clip, boxes = two_faces
+    store = tmp_path / "features"
+    params = {"face": {"faces": "all", "min_subject_seconds": 0.2}}
+    summary = extract([clip], store, stages=["face", "pose"], params=params)
+    assert [r.status for r in summary.results] == ["done"], summary.report()
+    with h5py.File(store / "two.h5", "r") as h5:
+        primary, other = face_rows(h5), face_rows(h5, "subjects/1/face")
+        subjects = json.loads(h5["face"].attrs["subjects"])
+        assert set(h5["subjects/1"]) == {"face", "pose"}
+        for group in ("face", "pose"):
+            assert h5[f"subjects/1/{group}"].attrs["params_hash"] == h5[group].attrs["params_hash"]
+        assert h5["subjects/1/face"].attrs["subject"] == 1
+    assert follows(primary, boxes) == 1 and follows(other, boxes) == 0
+    assert [s["subject"] for s in subjects] == [0, 1]
+    assert subjects[1]["centre_x"] < 0.5 < subjects[0]["centre_x"]  # the astronaut is on the left
+    assert "subjects/1/face" in describe(store / "two.h5") and "2 subjects" in describe(store)
+    # Up to date: nothing to do.  A changed parameter of a per-person stage redoes it
+    # for every person, and nothing else.
+    assert extract([clip], store, stages=["face", "pose"], params=params).results[0].status == "skipped"
+    params["pose"] = {"min_keypoint_confidence": 0.6}
+    again = extract([clip], store, stages=["face", "pose"], params=params).results[0]
+    assert again.status == "done" and sorted(again.stages) == ["pose", "pose (subject 1)"]
+    with h5py.File(store / "two.h5", "r") as h5:
+        assert json.loads(h5["subjects/1/pose"].attrs["params"])["min_keypoint_confidence"] == 0.6
+        np.testing.assert_array_equal(h5["subjects/1/face/landmarks"][()], other["landmarks"])
+    # Back to one face per video: the further subjects' groups go.
+    extract([clip], store, stages=["face", "pose"])
+    with h5py.File(store / "two.h5", "r") as h5:
+        assert "subjects" not in h5 and json.loads(h5["face"].attrs["params"])["faces"] == "primary"
+
+
+def test_a_face_stage_that_fails_leaves_pose_made_without_it(two_faces, tmp_path, monkeypatch):
+    from vidaffect.stages.face_tracker import FaceTracker
+
+    def broken(self, image):
+        raise RuntimeError("the mesh broke")
+
+    monkeypatch.setattr(FaceTracker, "step", broken)
+    clip, _ = two_faces
+    result = extract([clip], tmp_path / "features", stages=["face", "pose"]).results[0]
+    assert result.status == "failed" and result.failed_stages == {"face": "RuntimeError: the mesh broke"}
+    assert result.stages == ["pose"]
+    with h5py.File(tmp_path / "features" / "two.h5", "r") as h5:
+        assert "face" not in h5 and "made without face" in h5["pose"].attrs["note"]
+    assert not list((tmp_path / "features").glob(".*.faces.tmp"))
