@@ -84,3 +84,16 @@ def test_none_found_says_where_it_looked(tmp_path):
         AnnotationIndex(root).find_all(["a/b", "c"])
     with pytest.raises(FileNotFoundError, match="does not exist"):
         AnnotationIndex(tmp_path / "missing")
+
+
+def test_two_person_videos_have_left_and_right_files(tmp_path):
+    (tmp_path / "Train_Set").mkdir()
+    for name in ("10-60-1280x720_left", "10-60-1280x720_right", "solo", "half_left"):
+        (tmp_path / "Train_Set" / f"{name}.txt").write_text("valence,arousal\n0.1,0.2\n")
+    index = AnnotationIndex(tmp_path)
+    sides = index.find_sides("10-60-1280x720")
+    assert {k: p.name for k, p in sides.items()} == {"left": "10-60-1280x720_left.txt", "right": "10-60-1280x720_right.txt"}
+    assert index.find("10-60-1280x720") is None  # not a one-person video
+    assert index.find_sides("solo") == {}
+    with pytest.raises(ValueError, match="half_left.txt: the left person's annotation has no right counterpart"):
+        index.find_sides("half")

@@ -13,6 +13,7 @@ from vidaffect.bench.face_clips import background, place_face
 from vidaffect.commands.extract import extract
 from vidaffect.commands.info import describe
 from vidaffect.stages.boxes import box_iou
+from vidaffect.stages.face_table import read_subjects, side_subjects
 
 # 20 frames: the astronaut on the left, Grace Hopper on the right growing from 70 to
 # 184 px high: the astronaut is more prominent at first, Hopper has the more screen
@@ -76,6 +77,7 @@ def test_every_person_gets_their_groups_with_faces_all(two_faces, tmp_path):
     assert follows(primary, boxes) == 1 and follows(other, boxes) == 0
     assert [s["subject"] for s in subjects] == [0, 1]
     assert subjects[1]["centre_x"] < 0.5 < subjects[0]["centre_x"]  # the astronaut is on the left
+    assert side_subjects(read_subjects(json.dumps(subjects))) == {"left": 1, "right": 0}
     assert "subjects/1/face" in describe(store / "two.h5") and "2 subjects" in describe(store)
     # Up to date: nothing to do.  A changed parameter of a per-person stage redoes it
     # for every person, and nothing else.

@@ -12,6 +12,10 @@ The file for video id ``a/b/clip`` is ``<dir>/a/b/clip.txt`` or ``.csv``; failin
 the one file named ``clip.txt`` or ``clip.csv`` anywhere below ``<dir>`` (Aff-Wild2
 keeps ``Train_Set/`` and ``Validation_Set/`` folders).  Two candidates are an error,
 never a guess.
+
+A video with two annotated people has ``<video-id>_left`` and ``<video-id>_right`` files
+(Aff-Wild2's convention), found the same way (:meth:`AnnotationIndex.find_sides`): one
+for the person on the left of the picture, one for the person on the right.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from vidaffect.errors import InputNotFound, ParameterError
 log = logging.getLogger(__name__)
 
 EXTENSIONS = (".txt", ".csv")
+SIDES = ("left", "right")  # the people of two-person videos, by position in the picture
 UNANNOTATED = -5.0  # Aff-Wild2's value for a frame without annotation
 
 
@@ -117,6 +122,15 @@ class AnnotationIndex:
         for p in sorted(self.root.rglob("*")):
             if p.suffix.lower() in EXTENSIONS and p.is_file():
                 self.by_name.setdefault(p.stem, []).append(p)
+
+    def find_sides(self, video_id: str) -> dict[str, Path]:
+        """The ``<video-id>_left`` and ``<video-id>_right`` files of a video with two
+        annotated people ({} when it has none); ParameterError when only one is there."""
+        found = {side: p for side in SIDES if (p := self.find(f"{video_id}_{side}")) is not None}
+        if len(found) == 1:
+            (side, path), *_ = found.items()
+            raise ParameterError(f"{path}: the {side} person's annotation has no {'right' if side == 'left' else 'left'} counterpart")
+        return found
 
     def find(self, video_id: str) -> Path | None:
         """The annotation file of ``video_id``, or None; ParameterError when ambiguous."""

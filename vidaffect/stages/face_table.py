@@ -136,6 +136,16 @@ def subjects_attr(subjects: list[Subject]) -> str:
     return json.dumps([asdict(s) for s in subjects])
 
 
+def side_subjects(subjects: list[Subject]) -> dict[str, int]:
+    """The subjects of a two-person video by side: ``{"left": k, "right": j}`` for the
+    two subjects with the most screen time, by the mean horizontal position of their
+    faces; {} when fewer than two subjects are stored."""
+    if len(subjects) < 2:
+        return {}
+    a, b = sorted(subjects[:2], key=lambda s: s.centre_x)
+    return {"left": a.subject, "right": b.subject}
+
+
 def read_subjects(attr: str | bytes | None) -> list[Subject]:
     """The subjects recorded in a store's face group (empty when none are)."""
     return [Subject(**s) for s in json.loads(attr)] if attr else []
