@@ -13,7 +13,7 @@ from vidaffect.bench.face_clips import background, place_face
 from vidaffect.commands.extract import extract
 from vidaffect.commands.info import describe
 from vidaffect.stages.boxes import box_iou
-from vidaffect.stages.face_table import read_subjects, side_subjects
+from vidaffect.stages.face import read_subjects, side_subjects
 
 # 20 frames: the astronaut on the left, Grace Hopper on the right growing from 70 to
 # 184 px high: the astronaut is more prominent at first, Hopper has the more screen

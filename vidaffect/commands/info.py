@@ -14,8 +14,8 @@ from vidaffect.extraction.subjects import SUBJECTS
 from vidaffect.io.recipe import load_recipe
 from vidaffect.io.store import describe_stages, list_stores
 from vidaffect.stages import registry
-from vidaffect.stages.face import FaceStage
-from vidaffect.stages.face_table import Subject, read_subjects
+from vidaffect.stages.face import FaceStage, read_subjects
+from vidaffect.stages.face_identities import Subject
 
 
 def describe(target: str | Path) -> str:

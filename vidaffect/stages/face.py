@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,7 +81,8 @@ from vidaffect.io.video import VideoInfo
 from vidaffect.stages.base import Batch, ModelInput, Stage, StageRun
 from vidaffect.stages.boxes import points_box
 from vidaffect.stages.face_filter import FaceSmoother
-from vidaffect.stages.face_table import FaceTable, Subject, subjects_attr, summarise
+from vidaffect.stages.face_identities import Subject
+from vidaffect.stages.face_table import FaceTable
 from vidaffect.stages.face_tracker import FaceTracker, TrackerSettings
 from vidaffect.stages.imports import IMPORT_MATCHES, check_import_params, import_files, open_import
 from vidaffect.stages.layouts import FACE_POINTS, IBUG_POINTS, MESH_POINTS
@@ -189,7 +191,7 @@ class _FaceRun(StageRun):
 
     def finish(self) -> Iterator[dict[str, np.ndarray]]:
         self.tracker.finish()
-        found = summarise(self.table, self.tracker.identities.resolve_many, self.info.width, self.info.height)
+        found = self.tracker.identities.subjects()
         if self.params.faces == "all":
             rate = self.info.fps if self.info.fps > 0 else 25.0
             kept = [s for s in found if s.subject == 0 or s.frames >= self.params.min_subject_seconds * rate]
@@ -244,3 +246,23 @@ def _smooth(smoother: FaceSmoother, rows: dict[str, np.ndarray], timestamps: np.
             smoother.reset()
             continue
         rows["landmarks"][i], rows["bbox"][i] = smoother(float(timestamps[i]), rows["landmarks"][i], rows["bbox"][i])
+
+
+def subjects_attr(subjects: list[Subject]) -> str:
+    """The ``subjects`` attribute of the face group: JSON, one object per subject."""
+    return json.dumps([dataclasses.asdict(s) for s in subjects])
+
+
+def read_subjects(attr: str | bytes | None) -> list[Subject]:
+    """The subjects recorded in a store's face group (empty when none are)."""
+    return [Subject(**s) for s in json.loads(attr)] if attr else []
+
+
+def side_subjects(subjects: list[Subject]) -> dict[str, int]:
+    """The subjects of a two-person video by side: ``{"left": k, "right": j}`` for the
+    two subjects with the most screen time, by the mean horizontal position of their
+    faces; {} when fewer than two subjects are stored."""
+    if len(subjects) < 2:
+        return {}
+    a, b = sorted(subjects[:2], key=lambda s: s.centre_x)
+    return {"left": a.subject, "right": b.subject}

@@ -23,15 +23,15 @@ person keeps one identity over the video:
 * **Gallery.** Identities out of sight are kept for re-identification, at most
   :data:`MAX_IDENTITIES` (the least recently seen is forgotten first).
 
-**Primary face.** Each track accumulates its *screen time*: the sum over the frames it
-is seen of the face's height over the frame's height, "present longest and largest",
-linear in both.  The primary identity is the one with the largest sum over its tracks,
-decided at the end of the video (:meth:`Identities.primary`); mid-video the same rule
-gives the running leader (:meth:`Identities.leader`).
+**Subjects and the primary face.** Each track counts its frames and its *screen
+time*: the sum over the frames it is seen of the face's height over the frame's height,
+"present longest and largest", linear in both.  At the end of the video
+(:meth:`Identities.subjects`) the identities are ranked by screen time: subject 0, the
+*primary face*, is the identity with the largest sum over its tracks.
 
 Memory: per identity its appearance model (about 8 kB); per track a few numbers (its
-identity, its screen time, its pending descriptors while it is unconfirmed).  Nothing
-is kept per frame.
+identity, counts, its pending descriptors while it is unconfirmed).  Nothing is kept
+per frame.
 """
 
 from __future__ import annotations
@@ -53,6 +53,29 @@ NEAR = 0.25  # another face within this fraction of a box makes a face "crowded"
 
 
 @dataclass
+class _Seen:
+    """How much a track was seen: frames, last frame, screen time (see the module
+    docs), sum of the face centre's horizontal position over the frame's width."""
+
+    frames: int = 0
+    last: int = -1
+    screen: float = 0.0
+    x: float = 0.0
+
+    def add(self, frame: int, screen: float, x: float) -> None:
+        self.frames += 1
+        self.last = frame
+        self.screen += screen
+        self.x += x
+
+    def take(self, part: _Seen) -> None:
+        """Give ``part`` (counted since a strike) to another track."""
+        self.frames -= part.frames
+        self.screen -= part.screen
+        self.x -= part.x
+
+
+@dataclass
 class _Watch:
     """What is known about one track."""
 
@@ -61,8 +84,29 @@ class _Watch:
     pending: list[Descriptor] = field(default_factory=list)
     strikes: int = 0
     first_strike: int = -1  # frame of the first of the current strikes
-    screen: float = 0.0  # screen time, see the module docs
-    screen_since_strike: float = 0.0
+    seen: _Seen = field(default_factory=_Seen)
+    seen_since_strike: _Seen = field(default_factory=_Seen)
+
+
+@dataclass(frozen=True)
+class Subject:
+    """A person of the video (an identity), with how much it was seen.
+
+    subject: 0 for the primary face, then 1, 2, ... by screen time.
+    identity: the tracker's identity (``face/identity``).
+    frames: frames the person's face is in; first, last: the first and last of them.
+    screen: screen time (see the module docs).
+    centre_x: the face centre's mean horizontal position over those frames, as a
+        fraction of the frame's width (0 left, 1 right).
+    """
+
+    subject: int
+    identity: int
+    frames: int
+    first: int
+    last: int
+    screen: float
+    centre_x: float
 
 
 @dataclass
@@ -96,9 +140,6 @@ class Identities:
         self._known: dict[int, _Identity] = {}
         self._next_track = 0
         self._next_identity = 0
-        self._active: set[int] = set()  # identities confirmed on screen in the last frame
-        self._pending: list[int] = []  # tracks on screen in the last frame, not confirmed
-        self._screen: dict[int, float] = {}  # screen time per identity
         # (old track, new track, first frame): the old track's frames from then on
         # belong to the new one (a split is found a frame or two after the change).
         self.relabels: list[tuple[int, int, int]] = []
@@ -122,18 +163,8 @@ class Identities:
             self._known[watch.identity].last_frame = frame
 
     def identity(self, track: int) -> int:
-        """The track's identity so far: while the track is not confirmed, the identity
-        out of sight it resembles most (mean distance at most the threshold), else -1."""
-        watch = self._watch[track]
-        if watch.identity >= 0 or not watch.pending:
-            return watch.identity
-        best, nearest = -1, self.threshold
-        for k, known in self._known.items():
-            if k not in self._active:
-                d = float(np.mean([known.model.distance(p) for p in watch.pending]))
-                if d <= nearest:
-                    best, nearest = k, d
-        return best
+        """The track's identity so far, -1 while it is not confirmed."""
+        return self._watch[track].identity
 
     def observe(self, image: np.ndarray, faces: list[Seen], frame: int) -> dict[int, int]:
         """Take note of the faces of one frame.
@@ -143,20 +174,16 @@ class Identities:
         dict
             Tracks split in this frame: old number -> new number.
         """
-        height = image.shape[0]
+        height, width = image.shape[:2]
         for face in faces:
             watch = self._watch[face.track]
-            weight = float(face.box[3]) / height
-            watch.screen += weight
-            watch.screen_since_strike += weight
-            if watch.identity >= 0:
-                self._screen[watch.identity] += weight
+            x, _, w, h = (float(v) for v in face.box)
+            for seen in (watch.seen, watch.seen_since_strike):
+                seen.add(frame, h / height, (x + w / 2) / width)
         splits = self._check(image, faces, frame)
         for face in faces:
             face.track = splits.get(face.track, face.track)
         self._confirm([f.track for f in faces], frame)
-        self._active = {self._watch[f.track].identity for f in faces} - {-1}
-        self._pending = [f.track for f in faces if self._watch[f.track].identity < 0]
         return splits
 
     def drop_duplicate(self, image: np.ndarray, a: Seen, b: Seen) -> int:
@@ -187,28 +214,31 @@ class Identities:
             table[track] = watch.identity
         return table[np.where(tracks >= 0, tracks, self._next_track)]
 
-    def screen_time(self) -> dict[int, float]:
-        """Screen time per identity (see the module docs)."""
-        return dict(self._screen)
+    def subjects(self) -> list[Subject]:
+        """Every identity seen, ranked by screen time: the primary face first (after
+        :meth:`finish`)."""
+        total: dict[int, list[float]] = {}  # identity -> frames, first, last, screen, x
+        for watch in self._watch.values():
+            seen = watch.seen
+            if watch.identity < 0 or not seen.frames:
+                continue
+            t = total.setdefault(watch.identity, [0, watch.born, -1, 0.0, 0.0])
+            t[0] += seen.frames
+            t[1] = min(t[1], watch.born)
+            t[2] = max(t[2], seen.last)
+            t[3] += seen.screen
+            t[4] += seen.x
+        ranked = sorted(total, key=lambda k: (-total[k][3], k))
+        return [
+            Subject(rank, k, int(t[0]), int(t[1]), int(t[2]), float(t[3]), float(t[4] / t[0]))
+            for rank, k in enumerate(ranked)
+            for t in [total[k]]
+        ]
 
     def primary(self) -> int:
-        """The identity with the most screen time, -1 when no face was seen."""
-        return max(self._screen, key=lambda k: (self._screen[k], -k)) if self._screen else -1
-
-    def leader(self) -> tuple[int, int] | None:
-        """The running leader: ``(identity, -1)``, or ``(-1, track)`` for a track on
-        screen whose identity is not known yet; None before any face was seen.  A
-        track not confirmed yet counts for the identity it resembles (:meth:`identity`)."""
-        total = {(k, -1): v for k, v in self._screen.items()}
-        for track in self._pending:
-            key = self.key(track)
-            total[key] = total.get(key, 0.0) + self._watch[track].screen
-        return max(total, key=lambda k: (total[k], -k[0], -k[1])) if total else None
-
-    def key(self, track: int) -> tuple[int, int]:
-        """The key :meth:`leader` would give the track's face (its identity so far)."""
-        identity = self.identity(track)
-        return (identity, -1) if identity >= 0 else (-1, track)
+        """The primary face's identity, -1 when no face was seen (after :meth:`finish`)."""
+        ranked = self.subjects()
+        return ranked[0].identity if ranked else -1
 
     # -- internals ------------------------------------------------------------------
 
@@ -251,7 +281,10 @@ class Identities:
                 continue
             watch.strikes += 1
             if watch.strikes == 1:
-                watch.first_strike, watch.screen_since_strike = frame, float(face.box[3]) / image.shape[0]
+                x, _, w, h = (float(v) for v in face.box)
+                watch.first_strike = frame
+                watch.seen_since_strike = _Seen()
+                watch.seen_since_strike.add(frame, h / image.shape[0], (x + w / 2) / image.shape[1])
             if watch.strikes >= SPLIT_STRIKES:
                 splits[face.track] = self._split(face.track, frame, desc)
                 active.discard(watch.identity)
@@ -263,9 +296,9 @@ class Identities:
         new = self.start(old.first_strike)
         watch = self._watch[new]
         watch.pending = [desc]
-        watch.screen = old.screen_since_strike
-        old.screen -= old.screen_since_strike
-        self._screen[old.identity] -= old.screen_since_strike
+        watch.seen = old.seen_since_strike
+        old.seen.take(old.seen_since_strike)
+        old.seen.last = old.first_strike - 1
         old.strikes = 0
         self.relabels.append((track, new, old.first_strike))
         return new
@@ -291,7 +324,6 @@ class Identities:
                 self._next_identity += 1
                 self._known[watch.identity] = _Identity()
                 self._forget(active | {watch.identity})
-            self._screen[watch.identity] = self._screen.get(watch.identity, 0.0) + watch.screen
             model = self._known[watch.identity].model
             for d in watch.pending:
                 model.add(d)
