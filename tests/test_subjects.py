@@ -108,3 +108,48 @@ def test_a_face_stage_that_fails_leaves_pose_made_without_it(two_faces, tmp_path
     with h5py.File(tmp_path / "features" / "two.h5", "r") as h5:
         assert "face" not in h5 and "made without face" in h5["pose"].attrs["note"]
     assert not list((tmp_path / "features").glob(".*.faces.tmp"))
+
+
+def test_left_and_right_annotations_train_and_predict_each_person(two_faces, tmp_path):
+    """Aff-Wild2's two-person videos: <id>_left / <id>_right annotations follow the
+    people by side (the astronaut on the left is subject 1, Hopper on the right the
+    primary face, subject 0); training reads each one's own features, predict writes
+    a run of rows per person that evaluate matches to the same files."""
+    from vidaffect.commands.evaluate import pair_with_annotations
+    from vidaffect.commands.predict import predict
+    from vidaffect.commands.train import gather, train
+    from vidaffect.io.predictions import read_predictions
+    from vidaffect.learn.modalities import load_inputs
+
+    clip, _ = two_faces
+    store, ann = tmp_path / "features", tmp_path / "annotations"
+    ann.mkdir()
+    rng = np.random.default_rng(0)
+    for side in ("left", "right"):
+        np.savetxt(ann / f"two_{side}.txt", rng.uniform(-1, 1, (FRAMES, 2)), delimiter=",", header="valence,arousal", comments="", fmt="%.4f")
+    # One person's features cannot serve two annotations: a clear error, not a guess.
+    extract([clip], store, stages=["face", "pose"])
+    with pytest.raises(ValueError, match=r"_left/_right annotations .* face.faces=all"):
+        gather(store, ann, None, "pose")
+    extract([clip], store, stages=["face", "pose"], params={"face": {"faces": "all", "min_subject_seconds": 0.2}})
+    pool = gather(store, ann, None, "pose")
+    assert {v.video_id: v.subject for v in pool.train} == {"two_left": 1, "two_right": 0}
+    assert pool.video_of == {"two_left": "two", "two_right": "two"}
+    with h5py.File(store / "two.h5", "r") as h5:
+        left, _ = load_inputs(h5, ["pose"], subject=1)
+        right, _ = load_inputs(h5, ["pose"])
+        np.testing.assert_array_equal(np.isnan(left["pose"]).all(axis=1), ~h5["subjects/1/pose/valid"][()])
+        assert h5["subjects/1/face/bbox"][0, 0] < h5["face/bbox"][0, 0]  # subject 1's face is the left one
+    run = train(store=store, annotations=ann, out=tmp_path / "run", net="pose", loss="ccc", seq_len=8, batch_size=2,
+                epochs=1, val_split=0, seed=0, device="cpu", progress=False)  # fmt: skip
+    out = tmp_path / "pred.csv"
+    summary = predict([clip], out, model=run / "best.ckpt", store=store, device="cpu")
+    assert summary.exit_code == 0, summary.report()
+    with open(out) as fh:
+        header, *rows = [line.rstrip("\n").split(",") for line in fh]
+    assert header[-1] == "subject"
+    assert [r[-1] for r in rows] == ["left"] * FRAMES + ["right"] * FRAMES
+    preds = read_predictions(out)
+    assert set(preds) == {"two_left", "two_right"} and all(len(p) == FRAMES for p in preds.values())
+    pairs, skipped = pair_with_annotations(out, ann)
+    assert set(pairs) == {"two_left", "two_right"} and not skipped

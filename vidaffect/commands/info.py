@@ -10,12 +10,10 @@ import h5py
 import numpy as np
 
 from vidaffect.errors import ParameterError
-from vidaffect.extraction.subjects import SUBJECTS
 from vidaffect.io.recipe import load_recipe
-from vidaffect.io.store import describe_stages, list_stores
+from vidaffect.io.store import SUBJECTS, describe_stages, list_stores
 from vidaffect.stages import registry
-from vidaffect.stages.face import FaceStage, read_subjects
-from vidaffect.stages.face_identities import Subject
+from vidaffect.stages.face import store_subjects
 
 
 def describe(target: str | Path) -> str:
@@ -44,7 +42,7 @@ def describe_store_dir(root: Path) -> str:
         try:
             with h5py.File(path, "r") as h5:
                 stages = describe_stages(h5)
-                people = subjects_of(h5)
+                people = store_subjects(h5)
                 n = int(h5.attrs.get("frame_count", 0))
                 fps = float(h5.attrs.get("fps", 0))
         except OSError as exc:
@@ -87,7 +85,7 @@ def describe_store_file(path: Path) -> str:
                 f"  {s['stage']} (group /{s['group']}, v{s['version']}, hash {s['params_hash']}, {s['completed']}){note}"
             )
             lines.append(f"    params {json.dumps(s['params'], sort_keys=True)}")
-        people = subjects_of(h5)
+        people = store_subjects(h5)
         if people:
             lines.append("subjects (the people whose face is stored; 0 is the primary face, in the top-level groups):")
         for p in people:
@@ -98,12 +96,6 @@ def describe_store_file(path: Path) -> str:
                 f"screen time {p.screen:.1f}, mean x {p.centre_x:.2f} of the width; {where}"
             )
     return "\n".join(lines)
-
-
-def subjects_of(h5: h5py.File) -> list[Subject]:
-    """The subjects a store's face group records (none for stores without them)."""
-    group = FaceStage.group_name()
-    return read_subjects(h5[group].attrs.get("subjects")) if group in h5 else []
 
 
 def describe_recipe(name: str) -> str:

@@ -19,6 +19,9 @@
    the missing modality reads as zeros and the LSTM carries the context.  The
    ``face`` column is the store's ``face/valid``; it is empty when the store has no
    face stage (a model that does not use the face, on videos never extracted with it).
+   A store with several people (``face.faces=all``, e.g. a model trained on
+   Aff-Wild2's ``_left`` / ``_right`` annotations) is predicted once per person, with
+   a ``subject`` column (:mod:`vidaffect.io.predictions`).
 
 A video that cannot be decoded, extracted or predicted is listed in the summary and
 the batch goes on; the exit status is 1 then.
@@ -33,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import h5py
+
 from vidaffect.commands.extract import extract
 from vidaffect.errors import ParameterError
 from vidaffect.extraction.summary import Summary, VideoResult, failure_reason
@@ -42,6 +47,7 @@ from vidaffect.learn.checkpoint import LoadedModel, load_model
 from vidaffect.learn.inference import WINDOW, predict_store
 from vidaffect.learn.runs import find_best
 from vidaffect.stages import registry
+from vidaffect.stages.face import store_subjects, subject_names
 from vidaffect.util.device import resolve_device
 from vidaffect.util.terminal import progress_bar
 
@@ -116,13 +122,26 @@ def extraction_params(loaded: LoadedModel, encoder_weights: str | None = None) -
     return params
 
 
-def _predict_video(loaded: LoadedModel, path: Path, source: VideoResult, writer: PredictionWriter, window: int) -> VideoResult:
-    """One video, never raising for a problem with that video."""
+def people(path: Path) -> dict[int, str]:
+    """The people of a store to predict, by subject, with what results call them
+    (:func:`vidaffect.stages.face.subject_names`); {0: ""} for a one-person store."""
+    try:
+        with h5py.File(path, "r") as h5:
+            return subject_names(store_subjects(h5)) or {0: ""}
+    except OSError:  # unreadable: predicting it then fails with the reason
+        return {0: ""}
+
+
+def _predict_video(
+    loaded: LoadedModel, path: Path, source: VideoResult, writer: PredictionWriter, window: int, who: dict[int, str]
+) -> VideoResult:
+    """One video (each of its people ``who``), never raising for a problem with that video."""
     result = VideoResult(source.path, source.video_id, "failed")
     t0 = time.perf_counter()
     try:
-        with writer.video(source.video_id) as write:
-            result.frames = predict_store(loaded, path, write, window)
+        for subject, name in sorted(who.items(), key=lambda kv: kv[1]):
+            with writer.video(source.video_id, name) as write:
+                result.frames = predict_store(loaded, path, write, window, subject)
         result.status = "done"
     except KeyboardInterrupt:
         raise
@@ -202,9 +221,12 @@ def predict(
             ) from None
         ready = sorted((r for r in extraction.results if r.status != "failed"), key=lambda r: r.video_id)
         results = list(extraction.failed)
+        paths = {r.video_id: store_path(store, r.video_id) for r in ready}
+        who = {vid: people(p) for vid, p in paths.items()}
+        writer.subjects = any(len(w) > 1 for w in who.values())
         with progress_bar(len(ready), "predicting", "video", progress) as bar:
             for source in ready:
-                results.append(_predict_video(loaded, store_path(store, source.video_id), source, writer, window))
+                results.append(_predict_video(loaded, paths[source.video_id], source, writer, window, who[source.video_id]))
                 bar.update()
         published = any(r.status == "done" for r in results)
     finally:

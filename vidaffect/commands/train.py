@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import random
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +41,11 @@ from vidaffect.learn.checkpoint import random_encoder, read, stage_provenance
 from vidaffect.learn.dataset import VideoData
 from vidaffect.learn.hyper import Hyper, resolve_hyper
 from vidaffect.learn.loop import fit, make_fabric
-from vidaffect.learn.modalities import extract_hint, feature_dim, frame_count, missing_stages, stages_for
+from vidaffect.learn.modalities import extract_hint, feature_dim, frame_count, missing_stages, source_stages, stages_for
 from vidaffect.learn.networks import net_modalities
 from vidaffect.learn.runs import RunDir, fold_seed
 from vidaffect.learn.splits import make_splits, read_groups
+from vidaffect.stages.face import side_subjects, store_subjects
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ class Pool:
     val: list[VideoData]  # from --val-annotations, else empty
     dims: dict[str, int]
     provenance: dict[str, dict[str, Any]]
+    video_of: dict[str, str] = field(default_factory=dict)  # a two-person video's people (clip_left) -> its id (clip)
 
 
 def gather(store: Path, annotations: Path, val_annotations: Path | None, net: str) -> Pool:
@@ -69,36 +71,48 @@ def gather(store: Path, annotations: Path, val_annotations: Path | None, net: st
     stages = stages_for(modalities)
     if not stores:
         raise ParameterError(f"no feature stores in {store}; {extract_hint(store, stages)}")
-    found = AnnotationIndex(annotations).find_all(list(stores))
-    val_found = AnnotationIndex(val_annotations).find_all(list(stores)) if val_annotations else {}
+    found = AnnotationIndex(annotations).find_people(list(stores))
+    val_found = AnnotationIndex(val_annotations).find_people(list(stores)) if val_annotations else {}
     overlap = set(found) & set(val_found)
     if overlap:
         log.warning("%d video(s) have annotations in both folders; they are used for validation only", len(overlap))
     pool = Pool([], [], {}, {})
     lacking: dict[str, list[str]] = {}
+    one_person: list[str] = []
     hashes: dict[str, set[str]] = {}
-    for vid in sorted(set(found) | set(val_found)):
+    for name in sorted(set(found) | set(val_found)):
+        vid, side, path = val_found.get(name) or found[name]
         with h5py.File(stores[vid], "r") as h5:
-            missing = missing_stages(h5, modalities)
+            subject = side_subject(h5, side) if side else 0
+            if subject is None:
+                one_person.append(vid)
+                continue
+            missing = missing_stages(h5, modalities, subject)
             if missing:
                 for stage in missing:
                     lacking.setdefault(stage, []).append(vid)
                 continue
-            dims = {m: feature_dim(h5, m) for m in modalities}
+            dims = {m: feature_dim(h5, m, subject) for m in modalities}
             if pool.dims and dims != pool.dims:
                 raise ParameterError(f"{stores[vid]}: feature sizes {dims} differ from other stores' {pool.dims}; re-extract with one recipe")
             pool.dims = dims
-            prov = stage_provenance(h5, stages)
+            prov = stage_provenance(h5, source_stages(modalities))
             pool.provenance = pool.provenance or prov
             for stage, p in prov.items():
                 hashes.setdefault(stage, set()).add(p["params_hash"])
             n = frame_count(h5)
-        path = val_found.get(vid) or found[vid]
-        video = VideoData(vid, stores[vid], read_annotation(path, n))
+        if side:
+            pool.video_of[name] = vid
+        video = VideoData(name, stores[vid], read_annotation(path, n), subject)
         if not np.isfinite(video.labels).all(axis=1).any():
             log.warning("%s: no annotated frame within the video's %d frames; not used", path, n)
             continue
-        (pool.val if vid in val_found else pool.train).append(video)
+        (pool.val if name in val_found else pool.train).append(video)
+    if one_person:
+        raise ParameterError(
+            f"{len(set(one_person))} store(s) in {store} have _left/_right annotations (two people) but hold one person's "
+            f"features (e.g. {stores[one_person[0]]}); run `vidaffect extract VIDEOS --store {store} --set face.faces=all`"
+        )
     if lacking:
         stages_needed = sorted(lacking, key=stages.index)
         example = lacking[stages_needed[0]][0]
@@ -112,6 +126,12 @@ def gather(store: Path, annotations: Path, val_annotations: Path | None, net: st
     if not pool.train:
         raise ParameterError(f"no annotated training videos: stores in {store}, annotations in {annotations}")
     return pool
+
+
+def side_subject(h5: h5py.File, side: str) -> int | None:
+    """The person of a store on ``side`` ("left", "right") of the picture; None when
+    the store holds fewer than two people (see :func:`vidaffect.stages.face.side_subjects`)."""
+    return side_subjects(store_subjects(h5)).get(side)
 
 
 def train(
@@ -201,8 +221,10 @@ def train(
         splits = [([v.video_id for v in pool.train], [v.video_id for v in pool.val])]
         how = f"official validation set {val_annotations}"
     else:
-        grouping = read_groups(groups) if groups else None
-        splits = make_splits([v.video_id for v in pool.train], hyper.val_split, folds, grouping, split_seed)
+        grouping = read_groups(groups) if groups else {}
+        # The people of one video share its frames: they stay on one side of a split.
+        shared = {name: grouping.get(vid, vid) for name, vid in pool.video_of.items()}
+        splits = make_splits([v.video_id for v in pool.train], hyper.val_split, folds, {**shared, **grouping} or None, split_seed)
         unit = "subject" if grouping else "video"
         how = f"{folds} folds by {unit}" if folds else f"{hyper.val_split:g} of {unit}s held out"
     videos = {v.video_id: v for v in pool.train + pool.val}

@@ -31,11 +31,12 @@ import h5py
 import numpy as np
 
 from vidaffect.errors import ParameterError, StoreWriteError
-from vidaffect.extraction.subjects import SUBJECTS, Work, input_group, later_stages, subject_group, subject_passes, subject_todo
+from vidaffect.extraction.subjects import Work, input_group, later_stages, subject_passes, subject_todo
 from vidaffect.extraction.summary import VideoResult, failure_reason
 from vidaffect.io.recipe import load_recipe
 from vidaffect.io.store import (
     STORAGE_ERRNOS,
+    SUBJECTS,
     GroupSpec,
     StoredStage,
     StoreWriter,
@@ -43,6 +44,7 @@ from vidaffect.io.store import (
     locked,
     read_rows,
     store_path,
+    subject_group,
     write_fault,
 )
 from vidaffect.io.video import AudioChunk, Frame, VideoError, VideoInfo, VideoSource, decode, frame_timestamps, probe

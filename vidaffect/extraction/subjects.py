@@ -24,16 +24,9 @@ from pathlib import Path
 
 import h5py
 
-from vidaffect.io.store import StoredStage, completed_stages
+from vidaffect.io.store import SUBJECTS, StoredStage, completed_stages
 from vidaffect.io.video import VideoInfo
 from vidaffect.stages.base import Stage
-
-SUBJECTS = "subjects"  # the group that holds the further subjects' groups
-
-
-def subject_group(subject: int, group: str) -> str:
-    """Where subject ``subject`` (>= 1) keeps ``group``."""
-    return f"{SUBJECTS}/{subject}/{group}"
 
 
 @dataclass

@@ -147,14 +147,30 @@ class AnnotationIndex:
         """Annotation files of those videos that have one.  Raises ParameterError when
         none does, saying where it looked."""
         found = {vid: p for vid in video_ids if (p := self.find(vid)) is not None}
-        if video_ids and not found:
+        self._report(video_ids, len(found))
+        return found
+
+    def find_people(self, video_ids: list[str]) -> dict[str, tuple[str, str, Path]]:
+        """Annotated people of those videos: annotation id (``clip``, or ``clip_left``
+        and ``clip_right``) -> (video id, side or "", file); a video's own file wins
+        over side files.  Raises ParameterError as :meth:`find_all`."""
+        found: dict[str, tuple[str, str, Path]] = {}
+        for vid in video_ids:
+            if (p := self.find(vid)) is not None:
+                found[vid] = (vid, "", p)
+            else:
+                found.update({f"{vid}_{side}": (vid, side, path) for side, path in self.find_sides(vid).items()})
+        self._report(video_ids, len({v for v, _, _ in found.values()}))
+        return found
+
+    def _report(self, video_ids: list[str], matched: int) -> None:
+        if video_ids and not matched:
             example = video_ids[0]
             raise ParameterError(
                 f"no annotations for any of the {len(video_ids)} video(s) in {self.root}: looked for "
-                f"<video-id>.txt or .csv (e.g. {self.root / example}.txt) and for files named like "
-                f"{PurePosixPath(example).name}.txt anywhere below it"
+                f"<video-id>.txt or .csv (e.g. {self.root / example}.txt, or <video-id>_left/_right for two people) "
+                f"and for files named like {PurePosixPath(example).name}.txt anywhere below it"
             )
-        unmatched = len(video_ids) - len(found)
+        unmatched = len(video_ids) - matched
         if unmatched:
             log.info("%d of %d video(s) have no annotation in %s and are not used", unmatched, len(video_ids), self.root)
-        return found

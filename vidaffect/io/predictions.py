@@ -12,10 +12,17 @@ Two formats:
   ``frame`` is the 0-based index of the decoded frame, ``timestamp`` its time in
   seconds from the container's pts (``frames/timestamp`` of the store), valence and
   arousal are in [-1, 1] with six decimals, ``face`` is 1/0 when the frame had a
-  detected face and empty when the store has no face stage.
+  detected face and empty when the store has no face stage.  When a video has several
+  people (``face.faces=all``) the file has a last column ``subject``, and such a video
+  has one run of rows per person: ``left`` and ``right`` for two people, else the
+  person's number (``0`` the primary face); it is empty for one-person videos.
 * ``affwild2`` (a folder, the Aff-Wild2 / ABAW submission format): one
-  ``<video-id>.txt`` per video with the header ``valence,arousal`` and one line per
+  ``<video-id>.txt`` per video (``<video-id>_<subject>.txt`` per person of a video with
+  several, e.g. ``clip_left.txt``) with the header ``valence,arousal`` and one line per
   frame (line 2 = frame 0).
+
+Read back, a person's rows are named ``<video-id>_<subject>`` (``clip_left``), the
+name of their Aff-Wild2 annotation file.
 
 Files are written under a temporary name and renamed when complete, so an interrupted
 run never leaves a file that looks finished; a video that fails half-way leaves no rows.
@@ -38,6 +45,7 @@ from vidaffect.errors import InputNotFound, ParameterError
 from vidaffect.io.annotations import read_annotation
 
 COLUMNS = ("video", "frame", "timestamp", "valence", "arousal", "face")
+SUBJECT_COLUMN = "subject"  # last column, only in files with several people in a video
 AFFWILD2_HEADER = "valence,arousal"
 AFFWILD2_SUFFIX = ".txt"
 FORMATS = ("csv", "affwild2")
@@ -49,12 +57,15 @@ class PredictionWriter(abc.ABC):
     """Base of the writers: ``with writer.video(video_id) as write: write(...)`` per
     video, then :meth:`close`.  A video whose block raises leaves nothing behind."""
 
+    subjects = False  # whether some video has several people (set before the first video)
+
     @contextlib.contextmanager
-    def video(self, video_id: str) -> Iterator[Callable[..., None]]:
-        """Context for one video; yields ``write(start, timestamps, pred, face)`` that
-        takes rows for frames ``start, start+1, ...``: ``timestamps`` (n,) seconds,
-        ``pred`` (n, 2) valence and arousal, ``face`` (n,) bool or None (unknown)."""
-        self._begin(video_id)
+    def video(self, video_id: str, subject: str = "") -> Iterator[Callable[..., None]]:
+        """Context for one video (one person ``subject`` of it, see the module docs);
+        yields ``write(start, timestamps, pred, face)`` that takes rows for frames
+        ``start, start+1, ...``: ``timestamps`` (n,) seconds, ``pred`` (n, 2) valence
+        and arousal, ``face`` (n,) bool or None (unknown)."""
+        self._begin(video_id, subject)
         try:
             yield self._write
         except BaseException:
@@ -63,7 +74,7 @@ class PredictionWriter(abc.ABC):
         self._end()
 
     @abc.abstractmethod
-    def _begin(self, video_id: str) -> None: ...
+    def _begin(self, video_id: str, subject: str) -> None: ...
 
     @abc.abstractmethod
     def _write(self, start: int, timestamps: np.ndarray, pred: np.ndarray, face: np.ndarray | None) -> None: ...
@@ -94,20 +105,25 @@ class CsvWriter(PredictionWriter):
         self.tmp = self.path.with_name(self.path.name + TMP_SUFFIX)
         self.fh = open(self.tmp, "w", newline="", encoding="utf-8")
         self.rows = csv.writer(self.fh, lineterminator="\n")
-        self.rows.writerow(COLUMNS)
+        self.header = False
         self.videos = 0
 
-    def _begin(self, video_id: str) -> None:
+    def _begin(self, video_id: str, subject: str) -> None:
+        if not self.header:  # written with the first video: by then it is known whether a subject column is needed
+            self.rows.writerow(COLUMNS + (SUBJECT_COLUMN,) * self.subjects)
+            self.header = True
         self.fh.flush()
         self.mark = self.fh.tell()
         self.video_id = video_id
+        self.subject = subject
 
     def _write(self, start: int, timestamps: np.ndarray, pred: np.ndarray, face: np.ndarray | None) -> None:
         n = len(pred)
         flags = [""] * n if face is None else np.asarray(face, np.int8).tolist()
-        self.rows.writerows(
-            zip([self.video_id] * n, range(start, start + n), _fmt(timestamps), _fmt(pred[:, 0]), _fmt(pred[:, 1]), flags, strict=True)
-        )
+        cells = [[self.video_id] * n, range(start, start + n), _fmt(timestamps), _fmt(pred[:, 0]), _fmt(pred[:, 1]), flags]
+        if self.subjects:
+            cells.append([self.subject] * n)
+        self.rows.writerows(zip(*cells, strict=True))
 
     def _end(self) -> None:
         self.videos += 1
@@ -118,6 +134,8 @@ class CsvWriter(PredictionWriter):
         self.fh.truncate()
 
     def close(self, publish: bool = True) -> None:
+        if publish and not self.header:
+            self.rows.writerow(COLUMNS)
         self.fh.close()
         if publish:
             os.replace(self.tmp, self.path)
@@ -135,8 +153,8 @@ class AffWild2Writer(PredictionWriter):
         self.folder.mkdir(parents=True, exist_ok=True)
         self.fh: TextIO | None = None
 
-    def _begin(self, video_id: str) -> None:
-        self.path = self.folder / f"{video_id}{AFFWILD2_SUFFIX}"
+    def _begin(self, video_id: str, subject: str) -> None:
+        self.path = self.folder / f"{prediction_id(video_id, subject)}{AFFWILD2_SUFFIX}"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = self.path.with_name(self.path.name + TMP_SUFFIX)
         self.fh = open(self.tmp, "w", encoding="utf-8")
@@ -158,6 +176,11 @@ class AffWild2Writer(PredictionWriter):
 
     def close(self, publish: bool = True) -> None:
         """Nothing to do: each video's file was published when it completed."""
+
+
+def prediction_id(video_id: str, subject: str) -> str:
+    """The name of one person's predictions (see the module docs)."""
+    return f"{video_id}_{subject}" if subject else video_id
 
 
 def open_writer(fmt: str, out: str | Path) -> PredictionWriter:
@@ -241,11 +264,13 @@ def _read_csv(path: Path) -> dict[str, VideoPredictions]:
         if missing:
             raise ParameterError(f"{path}: not a vidaffect predictions CSV (header lacks {', '.join(missing)}; expected {','.join(COLUMNS)})")
         col = [header.index(c) for c in COLUMNS]
+        who = header.index(SUBJECT_COLUMN) if SUBJECT_COLUMN in header else None
         for line, row in enumerate(reader, start=2):
             if not row:
                 continue
             try:
                 video, frame, ts, v, a, face = (row[i] for i in col)
+                video = prediction_id(video, row[who] if who is not None else "")
                 values = (int(frame), float(ts) if ts else np.nan, float(v), float(a), float(face) if face else np.nan)
             except (ValueError, IndexError):
                 raise ParameterError(f"{path}: line {line}: cannot read {','.join(row)!r} as {','.join(COLUMNS)}") from None

@@ -12,6 +12,8 @@ One file per video, ``<store>/<video-id>.h5``, readable with plain h5py::
                         attrs: stage, params (JSON), params_hash, version, code_version,
                                libraries (JSON), completed (ISO time), inputs_hash (files
                                read from outside, e.g. imports), plus stage notes
+/subjects/<k>/<group>  the same for person k >= 1 of a video with several (face.faces=all);
+                    the top-level groups are person 0's (the primary face) and the video's
 
 One source file has one store (:mod:`vidaffect.io.store_lookup` finds it).  A store is written to ``<video-id>.h5.tmp`` and
 renamed over the final name once every stage of the pass has completed, so a killed run
@@ -49,6 +51,7 @@ log = logging.getLogger(__name__)
 SUFFIX = ".h5"
 TMP_SUFFIX = ".h5.tmp"
 LOCK_SUFFIX = ".h5.lock"
+SUBJECTS = "subjects"  # the group of the further people's groups (subjects/<k>/<group>)
 CHUNK_ROWS = 256  # rows per HDF5 chunk: one training window reads one or two chunks
 # Errors that mean the store folder cannot take any more writes, for this video or any
 # other: the batch stops on them.
@@ -141,6 +144,12 @@ class StoredStage:
     group: str
     params_hash: str
     inputs_hash: str = ""
+
+
+def subject_group(subject: int, group: str) -> str:
+    """Where person ``subject`` keeps ``group``: the top level for 0 (the primary face),
+    ``subjects/<k>/<group>`` for k >= 1."""
+    return f"{SUBJECTS}/{subject}/{group}" if subject else group
 
 
 def completed_stages(path: Path, info: VideoInfo, prefix: str = "") -> dict[str, StoredStage]:

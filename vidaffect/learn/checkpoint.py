@@ -45,7 +45,7 @@ import torch
 from vidaffect import __version__
 from vidaffect.errors import InputNotFound, ParameterError
 from vidaffect.learn.dataset import Stats, normalize
-from vidaffect.learn.modalities import dataset_path, extract_hint, feature_dim, missing_stages, stages_for
+from vidaffect.learn.modalities import dataset_path, extract_hint, feature_dim, missing_stages, source_stages
 from vidaffect.learn.networks import AffectNet
 from vidaffect.stages import registry
 from vidaffect.stages.weights import RANDOM
@@ -59,10 +59,13 @@ SUMMARY_METRICS = ("ccc_mean", "valence_ccc", "arousal_ccc", "valence_rmse", "ar
 
 def stage_provenance(h5: h5py.File, stages: list[str]) -> dict[str, dict[str, Any]]:
     """What made each stage's features in this store: group, params_hash, params
-    (dict) and stage version, from the stage group's attributes."""
+    (dict) and stage version, from the stage group's attributes (stages the store
+    lacks, e.g. a face stage that failed under pose, are left out)."""
     out = {}
     for stage in stages:
         group = registry.stage_class(stage).group_name()
+        if group not in h5:
+            continue
         attrs = h5[group].attrs
         out[stage] = {
             "group": group,
@@ -155,7 +158,7 @@ def save(
         "net": model.net,
         "modalities": list(model.modalities),
         "dims": dict(model.dims),
-        "stages": stages_for(model.modalities),
+        "stages": source_stages(model.modalities),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "stats": {m: {k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in s.items()} for m, s in stats.items()},
         "provenance": provenance,
@@ -239,25 +242,26 @@ def load_model(path: str | Path, device: str = "cpu") -> LoadedModel:
     )
 
 
-def check_store(loaded: LoadedModel, h5: h5py.File) -> None:
-    """Check that a feature store can feed the model.
+def check_store(loaded: LoadedModel, h5: h5py.File, subject: int = 0) -> None:
+    """Check that a feature store (its person ``subject``, see
+    :mod:`vidaffect.learn.modalities`) can feed the model.
 
     Raises :class:`ParameterError` when the store lacks a stage the model needs (naming the
     ``vidaffect extract`` command) or holds features of another size than the model
     was trained on; logs a warning when a stage ran with other parameters than the
     training stores, and a loud one when the store's encoder weights were random.
     """
-    missing = missing_stages(h5, loaded.modalities)
+    missing = missing_stages(h5, loaded.modalities, subject)
     if missing:
         raise ParameterError(
-            f"{h5.filename}: no {', '.join(missing)} features, which model {loaded.path} needs; "
+            f"{h5.filename}: no {', '.join(missing)} features{f' of person {subject}' if subject else ''}, which model {loaded.path} needs; "
             + extract_hint(Path(h5.filename).parent, missing)
         )
     for m in loaded.modalities:
-        dim = feature_dim(h5, m)
+        dim = feature_dim(h5, m, subject)
         if dim != loaded.dims[m]:
             raise ParameterError(
-                f"{h5.filename}: {m} features ({dataset_path(h5, m)}) have {dim} values per frame, but model "
+                f"{h5.filename}: {m} features ({dataset_path(h5, m, subject)}) have {dim} values per frame, but model "
                 f"{loaded.path} was trained on {loaded.dims[m]}; extract with the parameters it was trained with "
                 f"(`vidaffect info {loaded.path}`)"
             )

@@ -30,18 +30,20 @@ MAX_OPEN_FILES = 64  # stores a dataset keeps open per process
 Stats = dict[str, dict[str, np.ndarray]]  # modality -> {"min": (D,), "max": (D,)}
 
 
-def compute_stats(paths: Iterable[str | Path], modalities: Iterable[str]) -> Stats:
+def compute_stats(paths: Iterable[str | Path], modalities: Iterable[str], subjects: Iterable[int] | None = None) -> Stats:
     """Per-dimension minimum and maximum of each modality over the given stores
     (the training split), read :data:`STATS_CHUNK` frames at a time so memory stays
-    flat; NaN (missing) values are ignored.  A dimension never seen gets min = max = 0."""
+    flat; NaN (missing) values are ignored.  A dimension never seen gets min = max = 0.
+    ``subjects``: the person read from each store (default: 0, the primary face)."""
     modalities = list(modalities)
+    paths = list(paths)
     lo: dict[str, np.ndarray] = {}
     hi: dict[str, np.ndarray] = {}
-    for path in paths:
+    for path, subject in zip(paths, subjects if subjects is not None else [0] * len(paths), strict=True):
         with h5py.File(path, "r") as h5:
             n = frame_count(h5)
             for start in range(0, n, STATS_CHUNK):
-                features, _ = load_inputs(h5, modalities, start, start + STATS_CHUNK)
+                features, _ = load_inputs(h5, modalities, start, start + STATS_CHUNK, subject)
                 for m, x in features.items():
                     finite = np.isfinite(x)
                     cur_lo = np.where(finite, x, np.inf).min(axis=0)
@@ -80,13 +82,17 @@ def normalize(features: dict[str, np.ndarray], stats: Stats) -> dict[str, np.nda
 
 @dataclass
 class VideoData:
-    """One video of a split: its store, and its annotation (n, 2) float32 (valence,
-    arousal) with NaN where unannotated, already cut to the frames both have.  Only
-    annotations live in memory (8 bytes a frame); features are read per window."""
+    """One annotated person of a split: its store, and its annotation (n, 2) float32
+    (valence, arousal) with NaN where unannotated, already cut to the frames both have.
+    Only annotations live in memory (8 bytes a frame); features are read per window.
+    ``video_id`` names the annotation (``clip``, or ``clip_left`` for one person of a
+    two-person video); ``subject`` is the person of the store it follows (0: the
+    primary face; see :mod:`vidaffect.learn.modalities`)."""
 
     video_id: str
     store: Path
     labels: np.ndarray
+    subject: int = 0
 
 
 class WindowDataset(torch.utils.data.Dataset):
@@ -151,7 +157,7 @@ class WindowDataset(torch.utils.data.Dataset):
         i, start = self.windows[k]
         video = self.videos[i]
         stop = min(start + self.seq_len, len(video.labels))
-        features, _ = load_inputs(self._open(video.store), self.modalities, start, stop)
+        features, _ = load_inputs(self._open(video.store), self.modalities, start, stop, video.subject)
         inputs = normalize(features, self.stats)
         labels = video.labels[start:stop]
         mask = np.isfinite(labels).all(axis=1)

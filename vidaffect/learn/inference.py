@@ -13,6 +13,7 @@ import h5py
 import numpy as np
 import torch
 
+from vidaffect.io.store import subject_group
 from vidaffect.learn.checkpoint import LoadedModel, check_store
 from vidaffect.learn.modalities import frame_count, load_inputs
 from vidaffect.stages import registry
@@ -27,7 +28,7 @@ CPU_THREADS = 1
 FACE_VALID = registry.stage_class("face").key("valid")  # the predictions' face column
 
 
-def predict_windows(loaded: LoadedModel, h5: h5py.File, window: int = WINDOW) -> Iterator[tuple[int, np.ndarray]]:
+def predict_windows(loaded: LoadedModel, h5: h5py.File, window: int = WINDOW, subject: int = 0) -> Iterator[tuple[int, np.ndarray]]:
     """Run the model over a whole store, ``window`` frames at a time, carrying the LSTM
     state across windows.
 
@@ -38,6 +39,8 @@ def predict_windows(loaded: LoadedModel, h5: h5py.File, window: int = WINDOW) ->
         An open feature store with the model's inputs.
     window : int, default :data:`WINDOW`
         Frames per step; the result does not depend on it (up to float rounding).
+    subject : int, default 0
+        The person of the store (0: the primary face; see :mod:`vidaffect.learn.modalities`).
 
     Yields
     ------
@@ -51,7 +54,7 @@ def predict_windows(loaded: LoadedModel, h5: h5py.File, window: int = WINDOW) ->
     state = None
     with torch.inference_mode():
         for start in range(0, frame_count(h5), window):
-            features, _ = load_inputs(h5, loaded.modalities, start, start + window)
+            features, _ = load_inputs(h5, loaded.modalities, start, start + window, subject)
             with cpu_threads(loaded.device):
                 pred, state = loaded.model(loaded.prepare(features), state)
             rows = pred[0].float().cpu().numpy()
@@ -74,15 +77,16 @@ def cpu_threads(device: str) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def predict_store(loaded: LoadedModel, path: Path, write: Callable[..., None], window: int = WINDOW) -> int:
-    """Predict every frame of one store and hand the rows to ``write`` (a
-    :meth:`PredictionWriter.video` callable); returns the frame count."""
+def predict_store(loaded: LoadedModel, path: Path, write: Callable[..., None], window: int = WINDOW, subject: int = 0) -> int:
+    """Predict every frame of one store (of its person ``subject``) and hand the rows
+    to ``write`` (a :meth:`PredictionWriter.video` callable); returns the frame count."""
     with h5py.File(path, "r") as h5:
-        check_store(loaded, h5)
+        check_store(loaded, h5, subject)
         timestamps = h5["frames/timestamp"]
-        face = h5[FACE_VALID] if FACE_VALID in h5 else None
+        valid = subject_group(subject, FACE_VALID)
+        face = h5[valid] if valid in h5 else None
         frames = 0
-        for start, pred in predict_windows(loaded, h5, window):
+        for start, pred in predict_windows(loaded, h5, window, subject):
             frames = start + len(pred)
             write(start, timestamps[start:frames], pred, None if face is None else face[start:frames])
     return frames

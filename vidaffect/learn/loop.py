@@ -132,7 +132,7 @@ def fit(
     after its last finished epoch."""
     seed_everything(seed, workers=True, verbose=False)
     modalities = net_modalities(hyper.net)
-    stats = compute_stats([v.store for v in train_videos], modalities)
+    stats = compute_stats([v.store for v in train_videos], modalities, [v.subject for v in train_videos])
     net = AffectNet(hyper.net, dims)
     optimizer = torch.optim.SGD(net.parameters(), lr=hyper.lr, momentum=hyper.momentum, weight_decay=hyper.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", patience=hyper.plateau_patience)

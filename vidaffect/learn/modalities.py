@@ -16,6 +16,11 @@ mel         ``audio/mel``                 128     mel
 
 A frame whose ``<group>/valid`` is False (no face, no body, no audio) reads as NaN; so
 does a keypoint with confidence 0 (not detected).
+
+In a store with several people (``face.faces=all``), person ``subject`` k >= 1 reads
+the modalities of the stages that follow a face (face, pose, embed, evm) from
+``subjects/<k>/<group>`` and the video's own (mel) from the top level; a store that
+lacks that person's group lacks the stage, it never falls back to another person's.
 """
 
 from __future__ import annotations
@@ -31,8 +36,10 @@ import h5py
 import numpy as np
 
 from vidaffect.errors import ParameterError
+from vidaffect.io.store import subject_group
 from vidaffect.stages import registry
-from vidaffect.stages.base import ModelInput
+from vidaffect.stages.base import ModelInput, Stage
+from vidaffect.stages.face import FaceStage
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,7 @@ class Modality:
     defaults: the stage's default parameters (they fill ``{encoder}`` in a dataset name
         when a store records none).
     dim: values per frame with the stage's default parameters.
+    per_person: whether the stage follows a face (a person's, not the video's).
     """
 
     name: str
@@ -53,6 +61,15 @@ class Modality:
     source: ModelInput
     defaults: dict[str, Any]
     dim: int
+    per_person: bool
+
+    def group_of(self, subject: int) -> str:
+        """The store group person ``subject`` reads this modality from."""
+        return subject_group(subject, self.group) if self.per_person else self.group
+
+
+def _follows_face(cls: type[Stage]) -> bool:
+    return cls.name == FaceStage.name or any(_follows_face(registry.stage_class(d)) for d in cls.requires)
 
 
 def _width(shape: tuple[int, ...], source: ModelInput) -> int:
@@ -70,7 +87,7 @@ def _modalities() -> dict[str, Modality]:
         outputs = stage.outputs()
         for name, source in cls.model_inputs.items():
             shape = outputs[source.dataset_name(params)].shape
-            table[name] = Modality(name, cls.name, cls.group_name(), source, params, _width(shape, source))
+            table[name] = Modality(name, cls.name, cls.group_name(), source, params, _width(shape, source), _follows_face(cls))
     return table
 
 
@@ -88,26 +105,34 @@ def stages_for(modalities: Iterable[str]) -> list[str]:
     return out
 
 
+def source_stages(modalities: Iterable[str]) -> list[str]:
+    """:func:`stages_for`, then the stages those read (the face under pose): every
+    stage whose parameters shape a model's inputs, as checkpoints record them."""
+    stages = stages_for(modalities)
+    return stages + [d for d in registry.resolve_order(stages) if d not in stages]
+
+
 def extract_hint(store: str | Path, stages: Iterable[str]) -> str:
     """The command that adds ``stages`` to the stores in ``store``."""
     return f"run `vidaffect extract VIDEOS --store {store} --stages {','.join(stages)}`"
 
 
-def dataset_path(h5: h5py.File, modality: str) -> str:
-    """The "group/dataset" holding ``modality`` in this store."""
+def dataset_path(h5: h5py.File, modality: str, subject: int = 0) -> str:
+    """The "group/dataset" holding ``modality`` of person ``subject`` in this store."""
     spec = MODALITIES[modality]
-    stored = json.loads(h5[spec.group].attrs.get("params", "{}")) if spec.group in h5 else {}
-    return f"{spec.group}/{spec.source.dataset_name({**spec.defaults, **stored})}"
+    group = spec.group_of(subject)
+    stored = json.loads(h5[group].attrs.get("params", "{}")) if group in h5 else {}
+    return f"{group}/{spec.source.dataset_name({**spec.defaults, **stored})}"
 
 
-def missing_stages(h5: h5py.File, modalities: Iterable[str]) -> list[str]:
-    """Stages whose output for ``modalities`` this store lacks."""
-    return stages_for(m for m in modalities if dataset_path(h5, m) not in h5)
+def missing_stages(h5: h5py.File, modalities: Iterable[str], subject: int = 0) -> list[str]:
+    """Stages whose output for ``modalities`` (of person ``subject``) this store lacks."""
+    return stages_for(m for m in modalities if dataset_path(h5, m, subject) not in h5)
 
 
-def feature_dim(h5: h5py.File, modality: str) -> int:
+def feature_dim(h5: h5py.File, modality: str, subject: int = 0) -> int:
     """Values per frame :func:`load_inputs` gives for ``modality`` in this store."""
-    return _width(h5[dataset_path(h5, modality)].shape[1:], MODALITIES[modality].source)
+    return _width(h5[dataset_path(h5, modality, subject)].shape[1:], MODALITIES[modality].source)
 
 
 def frame_count(h5: h5py.File) -> int:
@@ -115,7 +140,7 @@ def frame_count(h5: h5py.File) -> int:
 
 
 def load_inputs(
-    h5: h5py.File, modalities: Iterable[str], start: int = 0, stop: int | None = None
+    h5: h5py.File, modalities: Iterable[str], start: int = 0, stop: int | None = None, subject: int = 0
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Raw model inputs of frames [start, stop) of one store.
 
@@ -129,6 +154,8 @@ def load_inputs(
         First frame.
     stop : int or None, default None
         One past the last frame; None = the end of the video.
+    subject : int, default 0
+        The person (``face.faces=all``; 0 is the primary face), see the module docs.
 
     Returns
     -------
@@ -145,13 +172,14 @@ def load_inputs(
         command that adds it.
     """
     modalities = list(modalities)
-    missing = missing_stages(h5, modalities)
+    missing = missing_stages(h5, modalities, subject)
     if missing:
-        raise ParameterError(f"{h5.filename}: no {', '.join(missing)} features; {extract_hint(Path(h5.filename).parent, missing)}")
+        whose = f" of person {subject}" if subject else ""
+        raise ParameterError(f"{h5.filename}: no {', '.join(missing)} features{whose}; {extract_hint(Path(h5.filename).parent, missing)}")
     features, valid = {}, {}
     for m in modalities:
-        group = MODALITIES[m].group
-        rows = h5[dataset_path(h5, m)][start:stop]
+        group = MODALITIES[m].group_of(subject)
+        rows = h5[dataset_path(h5, m, subject)][start:stop]
         if MODALITIES[m].source.keypoints:
             rows = np.where(rows[..., -1:] > 0, rows[..., :2], np.nan)
         x = rows.reshape(len(rows), -1).astype(np.float32)

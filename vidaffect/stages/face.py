@@ -74,6 +74,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 from vidaffect.io.store import Output, empty_rows
@@ -258,6 +259,13 @@ def read_subjects(attr: str | bytes | None) -> list[Subject]:
     return [Subject(**s) for s in json.loads(attr)] if attr else []
 
 
+def store_subjects(h5: h5py.File) -> list[Subject]:
+    """The subjects an open store records (none for stores without a face group or
+    made before subjects were recorded)."""
+    group = FaceStage.group_name()
+    return read_subjects(h5[group].attrs.get("subjects")) if group in h5 else []
+
+
 def side_subjects(subjects: list[Subject]) -> dict[str, int]:
     """The subjects of a two-person video by side: ``{"left": k, "right": j}`` for the
     two subjects with the most screen time, by the mean horizontal position of their
@@ -266,3 +274,14 @@ def side_subjects(subjects: list[Subject]) -> dict[str, int]:
         return {}
     a, b = sorted(subjects[:2], key=lambda s: s.centre_x)
     return {"left": a.subject, "right": b.subject}
+
+
+def subject_names(subjects: list[Subject]) -> dict[int, str]:
+    """What results call each stored subject: ``left`` and ``right`` when there are two
+    (Aff-Wild2's ``<video-id>_left`` / ``_right``), else the subject's number; {} for
+    one subject (results then name the video alone)."""
+    if len(subjects) < 2:
+        return {}
+    if len(subjects) == 2:
+        return {k: side for side, k in side_subjects(subjects).items()}
+    return {s.subject: str(s.subject) for s in subjects}
