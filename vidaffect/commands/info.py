@@ -11,9 +11,9 @@ import numpy as np
 
 from vidaffect.errors import ParameterError
 from vidaffect.io.recipe import load_recipe
-from vidaffect.io.store import SUBJECTS, describe_stages, list_stores
+from vidaffect.io.store import SUBJECTS, describe_stages, list_stores, subject_group
 from vidaffect.stages import registry
-from vidaffect.stages.face import store_subjects
+from vidaffect.stages.face import store_subjects, subject_names
 
 
 def describe(target: str | Path) -> str:
@@ -88,11 +88,13 @@ def describe_store_file(path: Path) -> str:
         people = store_subjects(h5)
         if people:
             lines.append("subjects (the people whose face is stored; 0 is the primary face, in the top-level groups):")
+        names = subject_names(people)
         for p in people:
-            groups = ["top-level groups"] if p.subject == 0 else [f"{SUBJECTS}/{p.subject}/{g}" for g in h5[SUBJECTS][str(p.subject)]]
+            groups = ["top-level groups"] if p.subject == 0 else [subject_group(p.subject, g) for g in h5.get(f"{SUBJECTS}/{p.subject}", {})]
             where = ", ".join(groups)
+            side = f" ({names[p.subject]})" if names.get(p.subject, str(p.subject)) != str(p.subject) else ""
             lines.append(
-                f"  {p.subject}: identity {p.identity}, frames {p.first}-{p.last} ({p.frames} with the face), "
+                f"  {p.subject}{side}: identity {p.identity}, frames {p.first}-{p.last} ({p.frames} with the face), "
                 f"screen time {p.screen:.1f}, mean x {p.centre_x:.2f} of the width; {where}"
             )
     return "\n".join(lines)
