@@ -10,7 +10,7 @@ import pytest
 from media import astronaut_frame, make_video
 
 from vidaffect.bench.face_accuracy import MIRROR68, region_errors
-from vidaffect.bench.face_clips import CROSSING_CAST, EXIT_FRAMES, PHOTO_FACES, background, crossing_clip, photo, place_face
+from vidaffect.bench.face_clips import PHOTO_FACES, background, photo, place_face
 from vidaffect.commands.extract import extract
 from vidaffect.io.video import VideoInfo
 from vidaffect.stages.base import Batch, row_sets
@@ -217,37 +217,6 @@ def test_two_faces_are_counted_each_keeps_its_identity_and_the_primary_is_chosen
         if who == 1:
             hopper = identities.pop()
     assert ids.primary() == hopper
-
-
-def test_three_crossing_faces_keep_their_identities():
-    # A and B cross (A hidden behind B for a while); C, the astronaut mirrored, leaves
-    # the frame for 20 frames and comes back while the astronaut is in view.
-    clip = crossing_clip()
-    tracker = FaceTracker()
-    records = []
-    for frame in clip.frames:
-        records.append([(f.track, f.box) for f in tracker.step(frame)])
-    tracker.finish()
-    identities_of = [set() for _ in CROSSING_CAST]
-    found = np.zeros(len(CROSSING_CAST), int)
-    for t, faces in enumerate(records):
-        for k, (box, visible) in enumerate(zip(clip.boxes[t], clip.visible[t], strict=True)):
-            if not visible:
-                continue
-            hits = [track for track, b in faces if box_iou(b, box) > 0.4]
-            if hits:
-                identities_of[k].add(tracker.identities.resolve(hits[0], t))
-                found[k] += 1
-    tracker.close()
-    visible = np.array(clip.visible).sum(axis=0)
-    assert (found >= 0.8 * visible).all(), (found, visible)
-    assert all(len(s) == 1 for s in identities_of), identities_of  # no switches
-    assert len(set.union(*identities_of)) == 3  # no merges
-    returned = [t for t in range(EXIT_FRAMES[1], len(records)) if clip.visible[t][2]]
-    assert returned, "C comes back into view"
-    # B (Hopper) has the most screen time weighted by size.
-    assert np.argmax(clip.screen_time()) == 1
-    assert tracker.identities.primary() == identities_of[1].pop()
 
 
 def test_frames_after_the_face_leaves_are_invalid_not_stale(stage):

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from media import make_video
 
-from vidaffect.bench.face_clips import background, place_face
+from vidaffect.bench.face_clips import EXIT_FRAMES, background, crossing_clip, place_face
 from vidaffect.commands.extract import extract
 from vidaffect.commands.info import describe
+from vidaffect.io.store import subject_group
 from vidaffect.stages.boxes import box_iou
 from vidaffect.stages.face import read_subjects, side_subjects
 
@@ -153,3 +154,37 @@ def test_left_and_right_annotations_train_and_predict_each_person(two_faces, tmp
     assert set(preds) == {"two_left", "two_right"} and all(len(p) == FRAMES for p in preds.values())
     pairs, skipped = pair_with_annotations(out, ann)
     assert set(pairs) == {"two_left", "two_right"} and not skipped
+
+
+def nearest(box, truth):
+    """The true face a stored box sits on (IoU > 0.4), or None."""
+    iou, k = max((box_iou(box, b), k) for k, b in enumerate(truth) if b is not None)
+    return k if iou > 0.4 else None
+
+
+def test_three_crossing_faces_are_three_steady_subjects(tmp_path):
+    # A and B cross (A hidden behind B for a while); C, the astronaut mirrored, leaves
+    # the frame for 20 frames and comes back while the astronaut is in view.  Through
+    # the engine with faces=all: each person's stored face stays on one true face
+    # (no identity switch, no merge), C is stored again after its return, and B has
+    # the most screen time weighted by size, so it is the primary face (subject 0).
+    clip = crossing_clip()
+    video = make_video(tmp_path / "videos" / "cross.mp4", clip.frames)
+    result = extract([video], tmp_path / "features", stages=["face"], params={"face": {"faces": "all"}}).results[0]
+    assert result.status == "done", result.reason
+    with h5py.File(tmp_path / "features" / "cross.h5", "r") as h5:
+        subjects = read_subjects(h5["face"].attrs["subjects"])
+        stored = [face_rows(h5, subject_group(s.subject, "face")) for s in subjects]
+    assert len(subjects) == 3
+    truth = np.array(clip.visible)  # (frames, true face)
+    followed = []
+    for rows in stored:
+        hits = {nearest(rows["bbox"][t], clip.boxes[t]) for t in np.flatnonzero(rows["valid"])}
+        assert len(hits) == 1, hits  # one true face per stored person: no switch
+        k = hits.pop()
+        assert rows["valid"].sum() >= 0.8 * truth[:, k].sum(), (k, rows["valid"].sum(), truth[:, k].sum())
+        followed.append(k)
+    assert sorted(followed) == [0, 1, 2]  # no merge
+    assert followed[0] == int(np.argmax(clip.screen_time())) == 1  # B is the primary face
+    c = stored[followed.index(2)]["valid"]
+    assert not c[EXIT_FRAMES[0] + 2 : EXIT_FRAMES[1]].any() and c[EXIT_FRAMES[1] + 10 :].any()  # away, then back
