@@ -43,8 +43,9 @@ from vidaffect.errors import ParameterError
 from vidaffect.extraction.summary import Summary, VideoResult, failure_reason
 from vidaffect.io.predictions import PredictionWriter, open_writer
 from vidaffect.io.store import store_path
-from vidaffect.learn.checkpoint import LoadedModel, load_model
+from vidaffect.learn.checkpoint import LoadedModel, check_store, load_model
 from vidaffect.learn.inference import WINDOW, predict_store
+from vidaffect.learn.modalities import missing_stages
 from vidaffect.learn.runs import find_best
 from vidaffect.stages import registry
 from vidaffect.stages.face import store_subjects, subject_names
@@ -139,6 +140,11 @@ def _predict_video(
     result = VideoResult(source.path, source.video_id, "failed")
     t0 = time.perf_counter()
     try:
+        if len(who) > 1:  # every person checked before any rows are written
+            with h5py.File(path, "r") as h5:
+                for subject in who:
+                    if missing_stages(h5, loaded.modalities, subject):
+                        check_store(loaded, h5, subject)  # raises, naming what is missing
         for subject, name in sorted(who.items(), key=lambda kv: kv[1]):
             with writer.video(source.video_id, name) as write:
                 result.frames = predict_store(loaded, path, write, window, subject)
