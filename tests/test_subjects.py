@@ -65,13 +65,16 @@ def test_every_person_gets_their_groups_with_faces_all(two_faces, tmp_path):
     # pose stands for every stage that follows a face (embed and evm run the same way).
     clip, boxes = two_faces
     store = tmp_path / "features"
-    params = {"face": {"faces": "all", "min_subject_seconds": 0.2}}
-    summary = extract([clip], store, stages=["face", "pose"], params=params)
+    params = {"face": {"faces": "all", "min_subject_seconds": 0.2}, "embed": {"weights": "random"}}
+    summary = extract([clip], store, stages=["face", "pose", "embed"], params=params)
     assert [r.status for r in summary.results] == ["done"], summary.report()
     with h5py.File(store / "two.h5", "r") as h5:
         primary, other = face_rows(h5), face_rows(h5, "subjects/1/face")
         subjects = json.loads(h5["face"].attrs["subjects"])
-        assert set(h5["subjects/1"]) == {"face", "pose"}
+        assert set(h5["subjects/1"]) == {"face", "pose", "embed"}
+        # Each person's crops are their own face's: the embeddings differ throughout.
+        mine, theirs = h5["embed/resnet50"][()].astype(np.float32), h5["subjects/1/embed/resnet50"][()].astype(np.float32)
+        assert h5["subjects/1/embed/valid"][()].all() and (np.abs(mine - theirs).mean(axis=1) > 0.1 * np.abs(mine).mean()).all()
         for group in ("face", "pose"):
             assert h5[f"subjects/1/{group}"].attrs["params_hash"] == h5[group].attrs["params_hash"]
         assert h5["subjects/1/face"].attrs["subject"] == 1
