@@ -179,7 +179,7 @@ def info(target: Path | None, recipe: str | None) -> None:
 @click.option("--net", type=LazyChoice(_networks), help="Network to train (the README's network table says what each reads)." + recipe_default("net"))
 @click.option("--loss", type=LazyChoice(_losses), help="Training loss." + recipe_default("loss"))
 @click.option("--store", default="features", show_default=True, type=click.Path(path_type=Path), help="Feature store folder.")
-@click.option("--annotations", default="annotations", show_default=True, type=click.Path(path_type=Path), help="Folder of per-video annotation files (<video-id>.txt Aff-Wild2 style, or .csv).")
+@click.option("--annotations", default="annotations", show_default=True, type=click.Path(path_type=Path), help="Folder of per-video annotation files (<video-id>.txt Aff-Wild2 style, or .csv; <video-id>_left/_right for two people, from stores extracted with --set face.faces=all).")
 @click.option("--val-annotations", type=click.Path(path_type=Path), help="Official validation annotations; when given, --val-split is not used.")
 @click.option("--val-split", type=click.FloatRange(0, 1, max_open=True), help="Fraction of videos held out for validation." + recipe_default("val_split"))
 @click.option("--folds", type=click.IntRange(2), help="K-fold cross-validation by video: one run per fold and a summary.")
