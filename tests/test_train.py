@@ -287,6 +287,24 @@ def test_resume_refuses_other_options_and_non_runs(project, tmp_path):
     assert result.exit_code == 2 and "no config.yaml" in result.output
 
 
+def test_head_and_recipe_from_the_command_line(project, tmp_path):
+    from click.testing import CliRunner
+
+    from vidaffect.cli import main
+
+    args = ["-q", "train", "--net", "audio", "--head", "gru", "--recipe", tiny_recipe(tmp_path, optimizer="adam"),
+            "--store", str(project / "features"), "--annotations", str(project / "annotations"), "--epochs", "1",
+            "--seq-len", "32", "--batch-size", "8", "--device", "cpu", "--seed", "0", "--out", str(tmp_path / "r")]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    config = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
+    assert (config["head"], config["optimizer"], config["model"]["rnn_hidden"]) == ("gru", "adam", 16)
+    info = CliRunner().invoke(main, ["info", str(tmp_path / "r" / "best.ckpt")])
+    assert "network   audio, head gru (dropout 0.5, rnn_hidden 16)" in info.output and "mel 128 + validity 1" in info.output
+    result = CliRunner().invoke(main, [*args[:5], "lstmm", *args[6:]])
+    assert result.exit_code == 2 and "'lstmm' is not one of 'lstm', 'gru', 'gru-attention', 'transformer'" in result.output
+
+
 def test_k_fold_runs_and_summary(project, tmp_path):
     root = train(store=project / "features", annotations=project / "annotations", out=tmp_path / "k", folds=3, epochs=1, seed=0, **FAST)
     folds = sorted(p.name for p in root.iterdir() if p.is_dir())

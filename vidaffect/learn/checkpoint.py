@@ -56,7 +56,7 @@ from vidaffect.learn.dataset import Stats, model_inputs
 from vidaffect.learn.heads import Sizes, head_spec
 from vidaffect.learn.hyper import resolve_sizes
 from vidaffect.learn.modalities import dataset_path, extract_hint, feature_dim, missing_stages, stages_for
-from vidaffect.learn.networks import AffectNet
+from vidaffect.learn.networks import AffectNet, net_spec
 from vidaffect.learn.windows import hop_for
 from vidaffect.stages import registry
 from vidaffect.stages.weights import RANDOM
@@ -353,12 +353,12 @@ def describe(path: str | Path) -> str:
     ckpt = read(path)
     cfg = ckpt.get("config", {})
     sizes = ckpt["sizes"]
-    head_sizes = head_spec(ckpt["head"]).sizes
+    size_names = (("dropout",) if net_spec(ckpt["net"]).layers else ()) + head_spec(ckpt["head"]).sizes
     window = ckpt["window"]
     lines = [
         f"{path}: vidaffect checkpoint (format {ckpt['format_version']}, vidaffect {ckpt.get('vidaffect_version', '?')}, "
         f"{ckpt.get('created', '?')})",
-        f"  network   {ckpt['net']}, head {ckpt['head']} (" + ", ".join(f"{k} {sizes[k]}" for k in ("dropout", *head_sizes)) + ")",
+        f"  network   {ckpt['net']}, head {ckpt['head']} (" + ", ".join(f"{k} {sizes[k]}" for k in size_names) + ")",
         "  inputs    " + ", ".join(f"{m} {ckpt['dims'][m]} + validity {ckpt['validity'].get(m, 0)}" for m in ckpt["modalities"]),
         f"  windows   {window['seq_len']} frames from a fresh state, every {window['hop']} frames, blended",
         f"  stages    {', '.join(ckpt['stages'])}",
