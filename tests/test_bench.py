@@ -30,6 +30,9 @@ FIGURES = [
     "predict_fps",
     "extract_peak_rss_mb_short",
     "extract_peak_rss_mb_long",
+    *(f"{figure}_{head}" for figure in ("train_seq_per_s", "predict_fps") for head in ("lstm", "gru", "gru_attention", "transformer")),
+    "predict_peak_rss_mb_short",
+    "predict_peak_rss_mb_long",
 ]
 
 
@@ -61,6 +64,11 @@ def test_tiny_bench_measures_every_figure(tmp_path):
     assert results["extract_rss_frames_short"] == tiny.rss_frames
     assert results["extract_rss_frames_long"] == 4 * tiny.rss_frames
     assert results["extract_peak_rss_mb_short"] >= 0.9 * results["extract_rss_baseline_mb"] > 100
+    # prediction memory: a transformer network on a stored video and one four times longer
+    assert results["predict_rss_frames_short"] == tiny.predict_rss_frames
+    assert results["predict_rss_frames_long"] == 4 * tiny.predict_rss_frames
+    assert results["predict_peak_rss_mb_short"] >= 0.9 * results["predict_rss_baseline_mb"] > 100
+    assert results["train_seq_per_s"] == results["train_seq_per_s_lstm"]
 
     assert [t["target"] for t in results["targets"]] == [t["target"] for t in evaluate_targets(results)]
     for t in results["targets"]:
@@ -100,6 +108,10 @@ def _results(**figures):
         "extract_rss_baseline_mb": 800.0,
         "extract_peak_rss_mb_short": 1000.0,
         "extract_peak_rss_mb_long": 1100.0,
+        "predict_rss_baseline_mb": 400.0,
+        "predict_peak_rss_mb_short": 500.0,
+        "predict_peak_rss_mb_long": 650.0,
+        **{f"{figure}_{head}": 10.0 for figure in ("train_seq_per_s", "predict_fps") for head in ("lstm", "gru", "gru_attention", "transformer")},
     }
     base.update(figures)
     return base
@@ -118,6 +130,8 @@ def test_targets_are_judged_from_the_figures():
     assert loader["value"] == pytest.approx(0.8) and loader["met"] is False
     memory = targets["extract_peak_rss_mb_long / extract_peak_rss_mb_short"]
     assert memory["value"] == pytest.approx(1.1) and memory["met"] is True
+    predict_memory = targets["predict_peak_rss_mb_long / predict_peak_rss_mb_short"]
+    assert predict_memory["value"] == pytest.approx(1.3) and predict_memory["met"] is False
     assert targets["face_fps (640x360, 2 CPU cores)"]["met"] is True
     assert targets["pose_fps (640x360, 2 CPU cores)"]["met"] is False
     assert targets["encoder_stage_fps on a GPU"]["met"] is None

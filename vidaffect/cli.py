@@ -48,7 +48,13 @@ class LazyChoice(click.Choice):
 def _networks() -> list[str]:
     from vidaffect.learn.networks import NETWORKS
 
-    return sorted(NETWORKS)
+    return list(NETWORKS)
+
+
+def _heads() -> list[str]:
+    from vidaffect.learn.heads import HEADS
+
+    return list(HEADS)
 
 
 def _losses() -> list[str]:
@@ -177,6 +183,7 @@ def info(target: Path | None, recipe: str | None) -> None:
 
 @main.command()
 @click.option("--net", type=LazyChoice(_networks), help="Network to train (the README's network table says what each reads)." + recipe_default("net"))
+@click.option("--head", type=LazyChoice(_heads), help="Temporal head over each window; auto = the network's own (lstm for full, without-mel, audio, pose; transformer for the *-transformer nets)." + recipe_default("head"))
 @click.option("--loss", type=LazyChoice(_losses), help="Training loss." + recipe_default("loss"))
 @click.option("--store", default="features", show_default=True, type=click.Path(path_type=Path), help="Feature store folder.")
 @click.option("--annotations", default="annotations", show_default=True, type=click.Path(path_type=Path), help="Folder of per-video annotation files (<video-id>.txt Aff-Wild2 style, or .csv).")
@@ -184,12 +191,12 @@ def info(target: Path | None, recipe: str | None) -> None:
 @click.option("--val-split", type=click.FloatRange(0, 1, max_open=True), help="Fraction of videos held out for validation." + recipe_default("val_split"))
 @click.option("--folds", type=click.IntRange(2), help="K-fold cross-validation by video: one run per fold and a summary.")
 @click.option("--groups", type=click.Path(exists=True, path_type=Path), help="CSV video,subject: split by subject instead of by video.")
-@click.option("--seq-len", type=click.IntRange(1), help="Frames per training window." + recipe_default("seq_len"))
+@click.option("--seq-len", type=click.IntRange(1), help="Frames per window: training windows, and the half-overlapping windows predict blends." + recipe_default("seq_len"))
 @click.option("--batch-size", type=click.IntRange(1), help="Windows per batch." + recipe_default("batch_size"))
 @click.option("--epochs", type=click.IntRange(1), help="Maximum epochs." + recipe_default("epochs"))
 @click.option("--lr", type=click.FloatRange(0, min_open=True), help="Learning rate." + recipe_default("lr"))
 @click.option("--out", type=click.Path(path_type=Path), help="Run folder.  [default: ./runs/<net>-<loss>-<time>]")
-@click.option("--recipe", help="Built-in recipe name or YAML file (its train: section gives the defaults).")
+@click.option("--recipe", help="Built-in recipe name (thesis, thesis-transformer) or YAML file; its train: and model: sections give the defaults.")
 @click.option("--device", default="auto", show_default=True, type=DEVICE)
 @click.option("--seed", type=int, help="Random seed; makes a CPU run repeatable.")
 @click.option("--resume", type=click.Path(exists=True, file_okay=False, path_type=Path), help="Continue an interrupted run (its folder) from last.ckpt with its own configuration; --epochs may raise the limit.")

@@ -22,11 +22,19 @@ Figures (the ``--json`` keys), all measured in this process unless said otherwis
                                allow when the stages run one after another)
 ``extract_workers_fps``        ``extract(workers=cores)`` on one video per core, wall
                                time including starting the workers and their models
-``train_seq_per_s``            training windows/s read from stores by the DataLoader
+``train_seq_per_s``            training windows/s of the full network (lstm head) read
+                               from stores by the DataLoader
 ``train_seq_per_s_inmemory``   the same steps on batches already in memory
+``train_seq_per_s_<head>``     training windows/s of the full network with each head
+                               (``lstm``, ``gru``, ``gru_attention``, ``transformer``)
 ``predict_fps``                prediction of a stored video: reading the store, the
-                               network, writing CSV rows, frames/s
-                               (``predict_fps_network``: the network alone)
+                               network over the blended windows, writing CSV rows,
+                               frames/s (``predict_fps_network``: the network alone);
+                               ``predict_fps_<head>`` the same with each head
+``predict_peak_rss_mb_short``  peak resident memory (MB) of a fresh process predicting
+``predict_peak_rss_mb_long``   a stored video with a transformer network
+                               (feature-transformer), and one four times longer;
+                               measured like the extraction figures below
 ``extract_peak_rss_mb_short``  peak resident memory (MB) of a fresh process extracting
 ``extract_peak_rss_mb_long``   a clip with every default stage, and a clip four times
                                longer.  Each process first extracts a tiny clip, so
@@ -125,6 +133,7 @@ def run(size: BenchSize, device: str, progress: bool = False) -> dict[str, Any]:
             ("training", pipeline.measure_train),
             ("prediction", pipeline.measure_predict),
             ("memory, short and long clip", memory.measure_rss),
+            ("memory of prediction, short and long video", memory.measure_predict_rss),
         ]
         ctx = Context(size, device, work)
         with progress_bar(len(steps), "bench", "step", progress) as bar:

@@ -1,6 +1,7 @@
 """The training loop, readable in one sitting: :func:`fit` trains one model (one run,
-or one fold), :func:`run_epoch` goes once over a loader training or evaluating, and
-:func:`train_step` is one SGD step.
+or one fold), :func:`train_epoch` goes once over the training windows,
+:func:`train_step` is one optimizer step, and :func:`validate` predicts the validation
+videos whole, through the same code as ``vidaffect predict``.
 
 Lightning Fabric places the model and batches on the device and, with several GPUs,
 runs data-parallel (DDP: each GPU gets ``batch_size`` windows per step; every process
@@ -15,7 +16,7 @@ import logging
 import math
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -26,13 +27,17 @@ from lightning.fabric.loggers import CSVLogger, TensorBoardLogger
 from lightning.fabric.utilities.seed import seed_everything
 from torch.utils.data import DataLoader
 
-from vidaffect.learn.checkpoint import save
-from vidaffect.learn.dataset import VideoData, WindowDataset, compute_stats
+from vidaffect.learn.checkpoint import LoadedModel, build_network, save
+from vidaffect.learn.dataset import FeatureSet, VideoData, WindowDataset, compute_stats
+from vidaffect.learn.heads import Sizes
 from vidaffect.learn.hyper import Hyper
+from vidaffect.learn.inference import predict_video
 from vidaffect.learn.losses import LOSSES, get_loss, noninertial_terms
 from vidaffect.learn.metrics import summarize
-from vidaffect.learn.networks import AffectNet, net_modalities
+from vidaffect.learn.modalities import stages_for
+from vidaffect.learn.networks import AffectNet
 from vidaffect.learn.runs import RunDir
+from vidaffect.learn.windows import hop_for
 from vidaffect.util.device import resolve_device
 from vidaffect.util.terminal import progress_bar
 
@@ -54,11 +59,19 @@ def make_fabric(device: str = "auto", single: bool = False) -> Fabric:
     return Fabric(accelerator="cuda", devices=n, strategy="ddp" if n > 1 else "auto")
 
 
+def make_optimizer(hyper: Hyper, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """The recipe's optimizer: SGD with momentum (thesis §4.2) or Adam (betas
+    ``momentum``, ``beta2``)."""
+    if hyper.optimizer == "adam":
+        return torch.optim.Adam(params, lr=hyper.lr, betas=(hyper.momentum, hyper.beta2), weight_decay=hyper.weight_decay)
+    return torch.optim.SGD(params, lr=hyper.lr, momentum=hyper.momentum, weight_decay=hyper.weight_decay)
+
+
 def train_step(
     fabric: Fabric, model: torch.nn.Module, batch: dict, loss_fn: Callable, optimizer: torch.optim.Optimizer
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One SGD step on a batch of windows; returns the prediction and the loss."""
-    pred, _ = model(batch["inputs"])
+    """One optimizer step on a batch of windows; returns the prediction and the loss."""
+    pred = model(batch["inputs"], batch["frames"])
     loss = loss_fn(pred, batch["target"], batch["mask"])
     optimizer.zero_grad(set_to_none=True)
     fabric.backward(loss)
@@ -66,58 +79,86 @@ def train_step(
     return pred, loss
 
 
-def run_epoch(
-    fabric: Fabric,
-    model: torch.nn.Module,
-    loader: DataLoader,
-    videos: list[VideoData],
-    loss_fn: Callable,
-    optimizer: torch.optim.Optimizer | None,
-    progress: bool,
-    desc: str,
-) -> dict[str, float]:
-    """Train (``optimizer`` given) or evaluate over ``loader``.  Returns every loss of
-    :data:`vidaffect.losses.LOSSES` (``mse_loss``, ..., ``noninertial_ext_loss``) and
-    the non-inertial terms (``distance``, ``velocity``, ``direction``) (averaged over batches,
-    weighted by annotated frames), the pooled metrics (``valence_ccc``, ...) and the
-    per-video means (``video_valence_ccc``, ...)."""
-    model.train(optimizer is not None)
-    sums: dict[str, torch.Tensor] = {}
-    frames = 0
-    collected: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-    with progress_bar(len(loader), desc, "batch", progress, position=1) as bar:
-        for batch in loader:
-            if optimizer is not None:
-                pred, loss = train_step(fabric, model, batch, loss_fn, optimizer)
-            else:
-                with torch.no_grad():
-                    pred, _ = model(batch["inputs"])
-            pred, target, mask = pred.detach(), batch["target"], batch["mask"]
-            n = int(mask.sum())
-            terms = {f"{name.replace('-', '_')}_loss": fn(pred, target, mask) for name, fn in LOSSES.items()}
-            terms.update(noninertial_terms(pred, target, mask))
-            for name, value in terms.items():
-                sums[name] = sums.get(name, 0.0) + value * n
-            frames += n
-            video = batch["video"][:, None].expand(mask.shape)
-            collected.append((video[mask], pred[mask], target[mask]))
-            bar.update()
+def loss_terms(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every loss of :data:`vidaffect.losses.LOSSES` (``mse_loss``, ...,
+    ``noninertial_ext_loss``) and the non-inertial terms (``distance``, ``velocity``,
+    ``direction``) of (B, S, 2) predictions."""
+    terms = {f"{name.replace('-', '_')}_loss": fn(pred, target, mask) for name, fn in LOSSES.items()}
+    terms.update(noninertial_terms(pred, target, mask))
+    return terms
+
+
+def _row(sums: dict[str, Any], frames: int, per_video: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+    """Losses averaged over annotated frames, then the pooled metrics (``valence_ccc``,
+    ...) and the per-video means (``video_valence_ccc``, ...)."""
     row = {name: float(total) / max(frames, 1) for name, total in sums.items()}
-    video_of, preds, targets = (torch.cat(parts).cpu().numpy() for parts in zip(*collected, strict=True))
-    per_video = {videos[i].video_id: (preds[video_of == i], targets[video_of == i]) for i in np.unique(video_of)}
     summary = summarize(per_video)
     row.update(summary["pooled"])
     row.update({f"video_{k}": v for k, v in summary["video_mean"].items()})
     return row
 
 
+def train_epoch(
+    fabric: Fabric,
+    model: torch.nn.Module,
+    loader: DataLoader,
+    videos: list[VideoData],
+    loss_fn: Callable,
+    optimizer: torch.optim.Optimizer,
+    progress: bool,
+) -> dict[str, float]:
+    """One pass of training over the windows of ``loader``.  Returns the losses (each
+    batch weighted by its annotated frames) and the metrics over the windows' annotated
+    frames (a frame in two windows counts twice)."""
+    model.train()
+    sums: dict[str, Any] = {}
+    frames = 0
+    collected: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    with progress_bar(len(loader), "train", "batch", progress, position=1) as bar:
+        for batch in loader:
+            pred, _ = train_step(fabric, model, batch, loss_fn, optimizer)
+            pred, target, mask = pred.detach(), batch["target"], batch["mask"]
+            n = int(mask.sum())
+            for name, value in loss_terms(pred, target, mask).items():
+                sums[name] = sums.get(name, 0.0) + value * n
+            frames += n
+            video = batch["video"][:, None].expand(mask.shape)
+            collected.append((video[mask], pred[mask], target[mask]))
+            bar.update()
+    video_of, preds, targets = (torch.cat(parts).cpu().numpy() for parts in zip(*collected, strict=True))
+    return _row(sums, frames, {videos[i].video_id: (preds[video_of == i], targets[video_of == i]) for i in np.unique(video_of)})
+
+
+def validate(runner: LoadedModel, videos: list[VideoData], progress: bool) -> dict[str, float]:
+    """Predict every validation video whole, exactly as ``vidaffect predict`` does
+    (:func:`vidaffect.learn.inference.predict_video`), and score the per-frame output:
+    the metrics are those ``vidaffect evaluate`` gives on ``predict``'s CSV, and the
+    losses are computed on each whole video (weighted by its annotated frames)."""
+    runner.model.eval()
+    sums: dict[str, Any] = {}
+    frames = 0
+    per_video = {}
+    with progress_bar(len(videos), "validate", "video", progress, position=1) as bar:
+        for v in videos:
+            pred, target = predict_video(runner, v.store), v.targets()
+            per_video[v.video_id] = (pred, target)
+            mask = np.isfinite(target).all(axis=1)
+            n = int(mask.sum())
+            pred_t, target_t = (torch.from_numpy(np.asarray(a, np.float32))[None] for a in (pred, np.nan_to_num(target)))
+            for name, value in loss_terms(pred_t, target_t, torch.from_numpy(mask)[None]).items():
+                sums[name] = sums.get(name, 0.0) + float(value) * n
+            frames += n
+            bar.update()
+    return _row(sums, frames, per_video)
+
+
 def fit(
     fabric: Fabric,
     hyper: Hyper,
+    sizes: Sizes,
     train_videos: list[VideoData],
     val_videos: list[VideoData],
-    dims: dict[str, int],
-    provenance: dict[str, dict[str, Any]],
+    features: FeatureSet,
     run: RunDir,
     config: dict[str, Any],
     seed: int,
@@ -127,14 +168,16 @@ def fit(
 ) -> dict[str, Any]:
     """Train one model; writes the run folder's config, metrics, best and last
     checkpoints (:class:`~vidaffect.learn.runs.RunDir`) and returns the best epoch's
-    row.  ``dims`` and ``provenance`` describe the stores' features (they go into the
-    checkpoints); ``last`` (a ``last.ckpt`` read back) continues an interrupted run
-    after its last finished epoch."""
+    row.  ``features`` describes the stores' inputs (they go into the checkpoints);
+    ``last`` (a ``last.ckpt`` read back) continues an interrupted run after its last
+    finished epoch, with the network it describes."""
     seed_everything(seed, workers=True, verbose=False)
-    modalities = net_modalities(hyper.net)
-    stats = compute_stats([v.store for v in train_videos], modalities)
-    net = AffectNet(hyper.net, dims)
-    optimizer = torch.optim.SGD(net.parameters(), lr=hyper.lr, momentum=hyper.momentum, weight_decay=hyper.weight_decay)
+    if last is not None:
+        net = build_network(last)
+    else:
+        net = AffectNet(hyper.net, hyper.head, sizes, features.dims, features.validity)
+    stats = compute_stats([v.store for v in train_videos], net.modalities)
+    optimizer = make_optimizer(hyper, net.parameters())
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", patience=hyper.plateau_patience)
     first, best_score, best_row, stale, history = 1, -math.inf, {}, 0, []
     if last is not None:
@@ -146,14 +189,16 @@ def fit(
         history = [row for row in run.read_metrics() if row["epoch"] < first]  # the logger rewrites the file
         best_row = next(row for row in history if row["epoch"] == last["resume"]["best_epoch"])
     model, optimizer = fabric.setup(net, optimizer)
-
-    def loader(data: WindowDataset, shuffle: bool) -> Any:
-        dl = DataLoader(data, batch_size=hyper.batch_size, shuffle=shuffle, num_workers=workers, persistent_workers=workers > 0)
-        return fabric.setup_dataloaders(dl, use_distributed_sampler=shuffle)
-
-    datasets = [WindowDataset(videos, modalities, stats, hyper.seq_len) for videos in (train_videos, val_videos)]
-    train_loader = loader(datasets[0], shuffle=True)
-    val_loader = loader(datasets[1], shuffle=False) if val_videos else None
+    # validation runs the model exactly as `vidaffect predict` runs a checkpoint
+    runner = LoadedModel(
+        path=run.best, net=net.net, head=net.head_name, model=model, modalities=net.modalities, dims=net.dims,
+        validity=net.validity, seq_len=hyper.seq_len, hop=hop_for(hyper.seq_len), stages=stages_for(net.modalities),
+        stats=stats, provenance=features.provenance, device=str(fabric.device),
+    )  # fmt: skip
+    data = WindowDataset(train_videos, net.modalities, stats, hyper.seq_len, net.validity)
+    loader: Any = fabric.setup_dataloaders(
+        DataLoader(data, batch_size=hyper.batch_size, shuffle=True, num_workers=workers, persistent_workers=workers > 0)
+    )
     monitor = "val_ccc_mean" if val_videos else "train_ccc_mean"
     if not val_videos:
         log.warning("no validation videos: best.ckpt is chosen by the training CCC")
@@ -178,10 +223,10 @@ def fit(
             started = time.perf_counter()
             batches = progress and fabric.is_global_zero
             row: dict[str, Any] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
-            for k, v in run_epoch(fabric, model, train_loader, train_videos, loss_fn, optimizer, batches, "train").items():
+            for k, v in train_epoch(fabric, model, loader, train_videos, loss_fn, optimizer, batches).items():
                 row[f"train_{k}"] = v
-            if val_loader is not None:
-                for k, v in run_epoch(fabric, model, val_loader, val_videos, loss_fn, None, batches, "validate").items():
+            if val_videos:
+                for k, v in validate(runner, val_videos, batches).items():
                     row[f"val_{k}"] = v
             row["seconds"] = time.perf_counter() - started
             # every process decides on the same number, so they stop together under DDP
@@ -205,9 +250,9 @@ def fit(
                     "stale": stale,
                     "torch_rng": torch.get_rng_state(),  # shuffling and dropout continue as if never stopped
                 }
-                save(run.last, net, stats, provenance, config, epoch, metrics, resume)
+                save(run.last, net, stats, features.provenance, config, epoch, metrics, hyper.seq_len, resume)
                 if improved:
-                    save(run.best, net, stats, provenance, config, epoch, metrics)
+                    save(run.best, net, stats, features.provenance, config, epoch, metrics, hyper.seq_len)
             log.info(
                 "epoch %d: train %s %.4f, %s %.4f%s",
                 epoch, hyper.loss, row[f"train_{hyper.loss.replace('-', '_')}_loss"], monitor, row[monitor],
@@ -220,6 +265,5 @@ def fit(
                 break
     for logger in loggers:
         logger.finalize("success")
-    for data in datasets:
-        data.close()
+    data.close()
     return best_row
