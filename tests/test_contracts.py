@@ -34,7 +34,7 @@ def test_modality_table_is_the_stages_declarations():
     # what the networks read is what the stores give: every network's inputs are modalities
     for net in NETWORKS:
         assert set(AffectNet(net).dims.items()) <= set(modalities.DIMS.items())
-    assert modalities.DIMS == {"landmarks": 140, "pose": 36, "embed": 2048, "mel": 128}
+    assert modalities.DIMS == {"landmarks": 140, "pose": 36, "embed": 2048, "mel": 128, "head": 3, "gaze": 2, "egemaps": 25}
 
 
 def test_a_new_stage_output_becomes_a_model_input(monkeypatch, tmp_path):

@@ -12,6 +12,9 @@ landmarks   ``face/landmarks`` flattened  140     face
 pose        ``pose/keypoints`` x and y    36      pose
 embed       ``embed/<encoder>``           2048    embed
 mel         ``audio/mel``                 128     mel
+head        ``head/angles``               3       head
+gaze        ``gaze/angles``               2       gaze
+egemaps     ``egemaps/lld``               25      egemaps (``vidaffect[egemaps]``)
 ==========  ============================  ======  ==============================
 
 A frame whose ``<group>/valid`` is False (no face, no body, no audio) reads as NaN; so
