@@ -271,6 +271,28 @@ def plot(predictions: Path, annotations: Path | None, out: Path) -> None:
 
 
 @main.command()
+@click.argument("target", type=click.Path(exists=True, path_type=Path))
+@click.option("--format", "fmt", required=True, type=click.Choice(["csv", "parquet", "openface"]), help="csv or parquet: vidaffect's table (every value of the stages, named columns); openface: OpenFace 2 FeatureExtraction CSV.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for <video-id>.csv / .parquet.")
+@click.option("--stages", help="Comma-separated stages to export.  [default: every stage of the store; openface: face,head,gaze]")
+@click.option("--openface-style", default="2.2", show_default=True, type=click.Choice(["2.2", "2.0"]), help="2.0: fields separated by ', ' as OpenFace 2.0 wrote them.")
+@handle_errors
+def export(target: Path, fmt: str, out: Path, stages: str | None, openface_style: str) -> None:
+    """Per-frame tables of TARGET (a store folder or one .h5 store): one file per video.
+
+    Rows are frames; columns are named as the README's table lists (OpenFace's names
+    with --format openface, which vidaffect's own OpenFace import reads back).
+    Exit status 1 when some stores failed.
+    """
+    from vidaffect.commands.export import export as run_export
+
+    names = [s.strip() for s in stages.split(",") if s.strip()] if stages else None
+    summary = run_export(target, fmt, out, names, openface_style, progress=show_progress(State.quiet))
+    click.echo(summary.report(), err=bool(summary.failed))
+    sys.exit(summary.exit_code)
+
+
+@main.command()
 @click.option("--quick", is_flag=True, help="Small media, about two minutes on 2 CPU cores.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write the figures as JSON.")
 @click.option("--device", default="auto", show_default=True, type=DEVICE)
