@@ -293,6 +293,24 @@ def export(target: Path, fmt: str, out: Path, stages: str | None, openface_style
 
 
 @main.command()
+@click.argument("video", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="The video to write (.mp4).")
+@click.option("--store", default="features", show_default=True, type=click.Path(path_type=Path), help="Feature store folder holding VIDEO's store.")
+@click.option("--predictions", type=click.Path(exists=True, path_type=Path), help="A `vidaffect predict` CSV: adds a valence/arousal trace and the circumplex under the frame.")
+@click.option("--draw", default="face,pose,head,gaze", show_default=True, help="Layers to draw: face (box, 70 landmarks), pose (COCO-18 skeleton), head (axes), gaze (rays); each needs its stage in the store.")
+@handle_errors
+def render(video: Path, out: Path, store: Path, predictions: Path | None, draw: str) -> None:
+    """Write VIDEO with what vidaffect found drawn on every frame, and its audio.
+
+    Frames without a face say so.  Same frames, timestamps and audio as VIDEO.
+    """
+    from vidaffect.commands.render import render as run_render
+
+    layers = tuple(s.strip() for s in draw.split(",") if s.strip())
+    click.echo(f"wrote {run_render(video, out, store, predictions, layers, progress=show_progress(State.quiet))}")
+
+
+@main.command()
 @click.option("--quick", is_flag=True, help="Small media, about two minutes on 2 CPU cores.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write the figures as JSON.")
 @click.option("--device", default="auto", show_default=True, type=DEVICE)
