@@ -29,7 +29,7 @@ GAZE_COLOR = (255, 230, 0)
 AXIS_COLORS = ((230, 30, 30), (30, 200, 30), (40, 90, 255))  # x, y, facing direction
 TEXT_COLOR = (255, 60, 60)
 AXIS_MM = 60.0
-GAZE_MM = 90.0
+GAZE_MM = 50.0
 MIN_CONFIDENCE = 0.5
 # OpenPose's COCO-18 limbs (pairs of points) and their colours.
 COCO18_LIMBS = ((1, 2), (1, 5), (2, 3), (3, 4), (5, 6), (6, 7), (1, 8), (8, 9), (9, 10), (1, 11), (11, 12), (12, 13),
