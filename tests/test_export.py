@@ -57,6 +57,14 @@ def test_openface_csv_reimports_to_the_same_landmarks(project, tmp_path):
         assert np.allclose(pose["pose_Ry"][valid], np.radians(a["head/angles"][valid, 1]), atol=6e-4)
 
 
+def test_openface_2_0_style_separates_fields_with_comma_space(project, tmp_path):
+    export(project / "features", "openface", tmp_path / "of", stages=["face"], openface_style="2.0")
+    lines = (tmp_path / "of" / "clip.csv").read_text().splitlines()
+    assert lines[0].startswith("frame, face_id, timestamp, confidence, success, eye_lmk_x_0, ") and "pose_Rx" not in lines[0]
+    table = pd.read_csv(tmp_path / "of" / "clip.csv", sep=", ", engine="python")
+    assert len(table) == 8 and table["success"].tolist() == [1, 1, 1, 0, 0, 1, 1, 1]
+
+
 def test_parquet_round_trip_and_load(project, tmp_path):
     table = vidaffect.load(project / "features" / "clip.h5")
     assert len(table) == 8 and list(table["frame"]) == list(range(8))

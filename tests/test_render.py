@@ -85,3 +85,30 @@ def test_a_missing_stage_or_store_names_the_extract_command(project, tmp_path):
     assert not (tmp_path / "o.mp4").exists()
     with pytest.raises(InputNotFound, match="no feature store for .* run `vidaffect extract .* --stages face`"):
         render(project / "videos" / "clip.mp4", tmp_path / "o.mp4", store=tmp_path / "empty", layers=("face",))
+
+
+def test_audio_mp4_cannot_hold_is_carried_as_aac(tmp_path):
+    # PCM audio in Matroska: MP4 has no place for it, so render re-encodes it.
+    path = tmp_path / "videos" / "pcm.mkv"
+    path.parent.mkdir()
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("libx264", rate=25)
+        video.width, video.height, video.pix_fmt = 640, 360, "yuv420p"
+        audio = out.add_stream("pcm_s16le", rate=22050, layout="mono")
+        samples = (tone(0.4) * 32767).astype(np.int16)
+        frame = av.AudioFrame.from_ndarray(samples[None], format="s16", layout="mono")
+        frame.sample_rate, frame.pts = 22050, 0
+        for packet in audio.encode(frame):
+            out.mux(packet)
+        for image in [astronaut_frame()] * 10:
+            for packet in video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                out.mux(packet)
+        for stream in (video, audio):
+            for packet in stream.encode():
+                out.mux(packet)
+    assert extract([path], tmp_path / "f", ["face"]).exit_code == 0
+    out = render(path, tmp_path / "pcm.mp4", store=tmp_path / "f", layers=("face",))
+    with av.open(str(out)) as c:
+        assert c.streams.audio[0].codec_context.name == "aac"
+        assert sum(f.samples for f in c.decode(audio=0)) == pytest.approx(0.4 * 22050, abs=2048)
+    assert len(frames_of(out)[1]) == 10
