@@ -27,6 +27,7 @@ from vidaffect.extraction.summary import failure_reason
 from vidaffect.io.store import SUFFIX, list_stores
 from vidaffect.io.tables import FORMATS, open_table_writer, require_pyarrow
 from vidaffect.stages import registry
+from vidaffect.stages.layouts import IBUG_POINTS
 from vidaffect.stages.tables import column_names, column_order, openface_eye_landmarks, table_values
 from vidaffect.util.terminal import progress_bar
 
@@ -111,14 +112,14 @@ def iter_openface(h5: h5py.File, stages: list[str] | None = None, chunk: int = C
             gaze = h5[groups["gaze"]]
             cols.update(zip(column_names("gaze", "vectors", (2, 3)), gaze["vectors"][sl].reshape(len(ok), 6).T, strict=True))
             cols["gaze_angle_x"], cols["gaze_angle_y"] = np.radians(gaze["angles"][sl]).T
-        eyes = openface_eye_landmarks(face["mesh"][sl])
+        landmarks = face["landmarks"][sl]
+        eyes = openface_eye_landmarks(face["mesh"][sl], landmarks[:, IBUG_POINTS:])
         cols.update({f"eye_lmk_{a}_{i}": eyes[:, i, k] for k, a in enumerate("xy") for i in range(eyes.shape[1])})
         if "head" in groups:
             head = h5[groups["head"]]
             cols.update(zip(("pose_Tx", "pose_Ty", "pose_Tz"), head["translation"][sl].T, strict=True))
             cols.update(zip(("pose_Rx", "pose_Ry", "pose_Rz"), np.radians(head["angles"][sl]).T, strict=True))
-        landmarks = face["landmarks"][sl]
-        cols.update({f"{a}_{i}": landmarks[:, i, k] for k, a in enumerate("xy") for i in range(68)})
+        cols.update({f"{a}_{i}": landmarks[:, i, k] for k, a in enumerate("xy") for i in range(IBUG_POINTS)})
         for name in cols:
             if name not in ("frame", "face_id", "timestamp", "confidence", "success"):
                 cols[name] = np.where(ok, cols[name], np.nan)

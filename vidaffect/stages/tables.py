@@ -122,8 +122,10 @@ def _resample(polyline: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
-def openface_eye_landmarks(mesh: np.ndarray) -> np.ndarray:
-    """OpenFace's 56 2-D eye landmarks (T, 56, 2) from face meshes (T, 478, >=2).
+def openface_eye_landmarks(mesh: np.ndarray, pupils: np.ndarray | None = None) -> np.ndarray:
+    """OpenFace's 56 2-D eye landmarks (T, 56, 2) from face meshes (T, 478, >=2), the
+    iris circles centred on ``pupils`` (T, 2, 2) when given (``face/landmarks`` 68 and
+    69 hold them at float32 precision; the stored mesh is float16).
 
     Per eye, in OpenFace's order: 0-7 the iris contour from its image-left point
     clockwise on screen (8 points on the circle through MediaPipe's iris centre at
@@ -138,7 +140,7 @@ def openface_eye_landmarks(mesh: np.ndarray) -> np.ndarray:
     circle = np.stack([np.cos(angles), np.sin(angles)], axis=-1)
     for e in range(2):
         base = OPENFACE_EYE_POINTS * e
-        centre = m[:, IRIS_RINGS[e][0]]
+        centre = m[:, IRIS_RINGS[e][0]] if pupils is None else np.asarray(pupils, np.float64)[:, e]
         radius = np.linalg.norm(m[:, list(IRIS_RINGS[e][1:])] - centre[:, None], axis=-1).mean(axis=1)
         out[:, base : base + 8] = centre[:, None] + radius[:, None, None] * circle
         contour = m[:, list(EYE_CONTOURS[e])]
