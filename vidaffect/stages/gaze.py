@@ -3,9 +3,10 @@
 From the face mesh (MediaPipe's iris centres, vertices 468 and 473, and the eye and lip
 contours) and the head pose of the :mod:`.head` stage; no model of its own.  Each eye
 is a sphere of radius :data:`EYEBALL_RADIUS_MM` (OpenFace's value) fixed in the head;
-its centre is the canonical face's iris centre 12 mm into the head, so irises where
-the canonical face (photographs looking into the camera) has them mean "looking
-straight ahead".  As OpenFace does, the camera's ray through the iris centre is
+its centre is the canonical face's iris centre 12 mm into the head (so irises where
+the canonical face, photographs looking into the camera, has them mean "looking
+straight ahead"), moved across the image with this face's own eye corners, since eyes
+are set wider or narrower apart in different people.  As OpenFace does, the camera's ray through the iris centre is
 intersected with the sphere, and the gaze is the direction from the sphere's centre
 to that point.  This is an estimate from geometry, not a learned gaze model: it
 ignores the angle between the optical and visual axes (kappa, about 5 degrees and
@@ -98,11 +99,17 @@ def estimate_gaze(
         Eyes with a smaller lid gap / eye width get NaN vectors.
     """
     m = np.asarray(mesh, np.float64)
-    centres = load_canonical().vertices[list(IRIS_CENTRES)] + (0.0, 0.0, EYEBALL_RADIUS_MM)
+    can = load_canonical().vertices
+    centres = can[list(IRIS_CENTRES)] + (0.0, 0.0, EYEBALL_RADIUS_MM)
     focal, principal = camera_of(translation, scale, origin)
     vectors = np.empty((len(m), 2, 3))
     for e, iris in enumerate(IRIS_CENTRES):
         c = np.einsum("tij,j->ti", rotation, centres[e]) + translation  # eyeball centre, camera frame, mm
+        # Faces differ in how far apart their eyes are: follow this face's own eye
+        # corners (moving the centre by their offset from the fitted canonical's).
+        corners = np.einsum("tij,j->ti", rotation, can[list(EYE_CORNERS[e])].mean(axis=0)) + translation
+        seen = m[:, list(EYE_CORNERS[e]), :2].mean(axis=1)
+        c[:, :2] += (seen - (focal[:, None] * corners[:, :2] / corners[:, 2:] + principal)) * corners[:, 2:] / focal[:, None]
         ray = np.concatenate([(m[:, iris, :2] - principal) / focal[:, None], np.ones((len(m), 1))], axis=1)
         ray /= np.linalg.norm(ray, axis=1, keepdims=True)
         # nearest intersection of the ray with the sphere; a miss takes the closest approach
