@@ -145,7 +145,7 @@ class GazeStage(Stage):
     """Geometric gaze (vectors, angles in degrees) and eye/mouth openness (module docs)."""
 
     name = "gaze"
-    version = "1"
+    version = "2"
     requires = ("face", "head")
     Params = GazeParams
     model_inputs = {"gaze": ModelInput("angles")}
