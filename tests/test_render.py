@@ -79,10 +79,15 @@ def test_predictions_add_a_strip_and_must_belong_to_the_video(project, tmp_path)
 
 def test_a_missing_stage_or_store_names_the_extract_command(project, tmp_path):
     assert extract([project / "videos"], tmp_path / "face_only", ["face"]).exit_code == 0
-    result = CliRunner().invoke(main, ["render", str(project / "videos" / "clip.mp4"), "--store", str(tmp_path / "face_only"), "--out", str(tmp_path / "o.mp4")])
+    args = ["render", str(project / "videos" / "clip.mp4"), "--store", str(tmp_path / "face_only"), "--out", str(tmp_path / "o.mp4")]
+    result = CliRunner().invoke(main, [*args, "--draw", "face,head,gaze"])
     assert result.exit_code == 2
-    assert "has no pose, head, gaze stage" in result.output and "--stages pose,head,gaze" in result.output
+    assert "has no head, gaze stage" in result.output and "--stages head,gaze" in result.output
     assert not (tmp_path / "o.mp4").exists()
+    # without --draw, what the store has is drawn
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert len(frames_of(tmp_path / "o.mp4")[1]) == FRAMES
     with pytest.raises(InputNotFound, match="no feature store for .* run `vidaffect extract .* --stages face`"):
         render(project / "videos" / "clip.mp4", tmp_path / "o.mp4", store=tmp_path / "empty", layers=("face",))
 

@@ -297,16 +297,16 @@ def export(target: Path, fmt: str, out: Path, stages: str | None, openface_style
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="The video to write (.mp4).")
 @click.option("--store", default="features", show_default=True, type=click.Path(path_type=Path), help="Feature store folder holding VIDEO's store.")
 @click.option("--predictions", type=click.Path(exists=True, path_type=Path), help="A `vidaffect predict` CSV: adds a valence/arousal trace and the circumplex under the frame.")
-@click.option("--draw", default="face,pose,head,gaze", show_default=True, help="Layers to draw: face (box, 70 landmarks), pose (COCO-18 skeleton), head (axes), gaze (rays); each needs its stage in the store.")
+@click.option("--draw", help="Layers to draw: face (box, 70 landmarks), pose (COCO-18 skeleton), head (axes), gaze (rays); each needs its stage in the store.  [default: every layer the store has]")
 @handle_errors
-def render(video: Path, out: Path, store: Path, predictions: Path | None, draw: str) -> None:
+def render(video: Path, out: Path, store: Path, predictions: Path | None, draw: str | None) -> None:
     """Write VIDEO with what vidaffect found drawn on every frame, and its audio.
 
     Frames without a face say so.  Same frames, timestamps and audio as VIDEO.
     """
     from vidaffect.commands.render import render as run_render
 
-    layers = tuple(s.strip() for s in draw.split(",") if s.strip())
+    layers = tuple(s.strip() for s in draw.split(",") if s.strip()) if draw else None
     click.echo(f"wrote {run_render(video, out, store, predictions, layers, progress=show_progress(State.quiet))}")
 
 

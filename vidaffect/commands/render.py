@@ -76,7 +76,7 @@ def render(
     out: str | Path,
     store: str | Path = "features",
     predictions: str | Path | None = None,
-    layers: tuple[str, ...] = LAYERS,
+    layers: tuple[str, ...] | None = None,
     progress: bool = False,
 ) -> Path:
     """Render one video with what vidaffect found drawn on it.
@@ -92,8 +92,10 @@ def render(
         Folder of the feature stores (``vidaffect extract``'s ``--store``).
     predictions : str, Path or None, default None
         A ``vidaffect predict`` CSV (or Aff-Wild2 folder) with this video's rows.
-    layers : tuple of str, default ("face", "pose", "head", "gaze")
-        What to draw; each needs its stage in the store (gaze also head).
+    layers : tuple of str or None, default None
+        What to draw, among face, pose, head, gaze; each needs its stage in the store
+        (gaze also head).  None: every layer whose stages the store holds (at least
+        one), logging how to add the others.
     progress : bool, default False
         Show a progress bar over the frames.
 
@@ -105,7 +107,7 @@ def render(
         The store lacks a stage a layer needs, or was made from another version of the
         video, or the predictions belong to another video.
     """
-    unknown = set(layers) - set(LAYERS)
+    unknown = set(layers or ()) - set(LAYERS)
     if unknown:
         raise ParameterError(f"unknown layer(s) {', '.join(sorted(unknown))}; choose from {', '.join(LAYERS)}")
     video, store = Path(video), Path(store)
@@ -115,11 +117,16 @@ def render(
         info = probe(VideoSource(video, video.stem))
     except VideoError as exc:
         raise ParameterError(f"{video}: {exc}") from None
-    path = find_store(store, info, layers)
-    datasets = sorted({d for layer in layers for d in LAYER_DATASETS[layer]})
+    path = find_store(store, info, layers or LAYERS)
     with h5py.File(path, "r") as h5:
         if not source_matches(h5, info):
             raise ParameterError(f"{path} was made from another version of {video} (size or modification time differ); re-run `vidaffect extract`")
+        if layers is None:
+            layers = tuple(layer for layer in LAYERS if all(d in h5 for d in LAYER_DATASETS[layer])) or LAYERS
+            if layers != LAYERS:
+                absent = ",".join(layer for layer in LAYERS if layer not in layers)
+                log.info("%s has no %s stage: not drawn (add with `vidaffect extract %s --store %s --stages %s`)", path, absent, video, store, absent)
+        datasets = sorted({d for layer in layers for d in LAYER_DATASETS[layer]})
         missing = sorted({d.split("/")[0] for d in datasets if d not in h5}, key=LAYERS.index)
         if missing:
             raise ParameterError(
