@@ -25,7 +25,7 @@ import numpy as np
 from vidaffect.errors import InputNotFound, ParameterError, SetupError
 from vidaffect.extraction.summary import failure_reason
 from vidaffect.io.store import SUFFIX, list_stores
-from vidaffect.io.tables import FORMATS, open_table_writer, require_pyarrow
+from vidaffect.io.tables import FORMATS, open_table_writer, require_pyarrow, writable_folder
 from vidaffect.stages import registry
 from vidaffect.stages.layouts import IBUG_POINTS
 from vidaffect.stages.tables import column_names, column_order, openface_eye_landmarks, table_values
@@ -233,6 +233,7 @@ def export(
             raise InputNotFound(f"{target}: no feature stores (*{SUFFIX}) in this folder")
     else:
         raise InputNotFound(f"{target}: no such store file or folder")
+    writable_folder(out)
     rows = iter_openface if fmt == "openface" else iter_table
     summary = ExportSummary()
     with progress_bar(len(stores), "export", "video", progress) as bar:

@@ -24,6 +24,7 @@ from vidaffect.errors import InputNotFound, ParameterError
 from vidaffect.io.predictions import VideoPredictions, read_predictions
 from vidaffect.io.store import list_stores, read_rows, source_matches, store_path
 from vidaffect.io.video import Frame, VideoError, VideoInfo, VideoSource, decode, probe
+from vidaffect.io.tables import writable_folder
 from vidaffect.io.video_writer import VideoWriter
 from vidaffect.util.terminal import progress_bar
 from vidaffect.visual.affect_panel import AffectPanel
@@ -153,7 +154,11 @@ def _write(
     size = (width, height + (panel.height if panel is not None else 0))
     if out.suffix.lower() not in (".mp4", ".m4v", ".mkv", ".mov"):
         raise ParameterError(f"--out {out}: give a video file name ending in .mp4 (or .mkv, .mov)")
-    writer = VideoWriter(out, info.fps or 25.0, size, timed=True)
+    writable_folder(out.parent)
+    try:
+        writer = VideoWriter(out, info.fps or 25.0, size, timed=True)
+    except OSError as exc:
+        raise ParameterError(f"--out {out}: cannot write this file ({exc.strerror or exc})") from None
     try:
         if info.has_audio:
             writer.carry_audio(info.path)

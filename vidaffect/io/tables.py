@@ -121,6 +121,19 @@ class OpenFaceTableWriter(TableWriter):
         self.fh.close()
 
 
+def writable_folder(folder: str | Path, option: str = "--out") -> Path:
+    """``folder``, created when missing; a :class:`ParameterError` naming it when it
+    cannot be created or written to."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ParameterError(f"{option} {folder}: cannot create this folder ({exc.strerror or exc})") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ParameterError(f"{option} {folder}: this folder is not writable")
+    return folder
+
+
 def require_pyarrow() -> Any:
     """``pyarrow.parquet``, or a one-line :class:`SetupError` saying how to get it."""
     try:
