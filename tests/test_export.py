@@ -43,7 +43,7 @@ def test_openface_csv_reimports_to_the_same_landmarks(project, tmp_path):
 
     # vidaffect's own OpenFace importer reads it back
     reimport = extract(
-        [project / "videos"], tmp_path / "imported", ["face"], params={"face": {"backend": "openface", "import_dir": str(tmp_path / "of")}}
+        [project / "videos"], tmp_path / "imported", ["head"], params={"face": {"backend": "openface", "import_dir": str(tmp_path / "of")}}
     )
     assert reimport.exit_code == 0, reimport.report()
     with h5py.File(project / "features" / "clip.h5") as a, h5py.File(tmp_path / "imported" / "clip.h5") as b:
@@ -53,6 +53,9 @@ def test_openface_csv_reimports_to_the_same_landmarks(project, tmp_path):
         assert np.abs(la[valid, :68] - lb[valid, :68]).max() <= 0.05 + 1e-4  # one decimal
         assert np.abs(la[valid, 68:] - lb[valid, 68:]).max() <= 0.05 + 1e-4  # pupils: the centres of the exported iris contours
         assert np.isnan(lb[~valid]).all()
+        # without a mesh the head pose comes from the 51 inner landmarks, close to the mesh's
+        assert (b["head/valid"][:] == valid).all() and "inner landmarks" in b["head"].attrs["note"]
+        assert np.abs(b["head/angles"][valid] - a["head/angles"][valid]).max() < 8
         pose = pd.read_csv(tmp_path / "of" / "clip.csv")
         assert np.allclose(pose["pose_Ry"][valid], np.radians(a["head/angles"][valid, 1]), atol=6e-4)
 

@@ -20,6 +20,7 @@ from vidaffect.stages.head_pose import (
     project,
     rotation_between,
 )
+from vidaffect.stages.layouts import MESH_TO_FACE70
 
 W, H = 640, 360
 F = default_focal(W, H)
@@ -72,6 +73,18 @@ def test_rotated_faces_are_recovered_within_3_degrees_up_to_45_degrees_yaw():
         assert err.max() < bound, (bound, err.max(), POSES[int(err.argmax())])
         assert np.abs(pose.degrees - np.array(POSES)).max() < bound + 0.5
         assert np.allclose(pose.translation[:, 2], 700, rtol=0.12)  # mm, under the assumed face size
+
+
+def test_landmarks_alone_give_the_pose_less_accurately():
+    # Imported 68-point landmarks have no depth: the 51 inner points are fitted from a
+    # frontal start.  Depth differences between faces read as pose, hence the wider bounds.
+    inner = np.array(MESH_TO_FACE70[17:68])
+    rng = np.random.default_rng(1)
+    truth = euler_to_matrix(np.radians(POSES))
+    for shape, mean_bound, max_bound in ((load_canonical().vertices, 2.0, 4.0), (other_person(rng), 7.0, 11.0)):
+        meshes = synthetic_meshes(shape, POSES, rng)
+        err = geodesic_deg(fit_head_pose(meshes[:, inner, :2], F, C, vertices=inner).rotation, truth)
+        assert err.mean() < mean_bound and err.max() < max_bound, (err.mean(), err.max())
 
 
 def test_signs_follow_openface():

@@ -23,8 +23,8 @@ import numpy as np
 from vidaffect.errors import InputNotFound, ParameterError
 from vidaffect.io.predictions import VideoPredictions, read_predictions
 from vidaffect.io.store import list_stores, read_rows, source_matches, store_path
-from vidaffect.io.video import Frame, VideoError, VideoInfo, VideoSource, decode, probe
 from vidaffect.io.tables import writable_folder
+from vidaffect.io.video import Frame, VideoError, VideoInfo, VideoSource, decode, probe
 from vidaffect.io.video_writer import VideoWriter
 from vidaffect.util.terminal import progress_bar
 from vidaffect.visual.affect_panel import AffectPanel

@@ -34,7 +34,8 @@ Datasets of the ``gaze`` group, one row per frame:
 ``valid``       () bool        both eyes gave a gaze (so ``angles`` is defined)
 ==============  =============  ==========================================================
 
-``eye_open`` and ``mouth_open`` are filled wherever the face and its head pose are,
+A face imported from OpenFace or OpenPose has no mesh, hence no gaze.  ``eye_open``
+and ``mouth_open`` are filled wherever the face mesh and its head pose are,
 also when the eyes are closed.  An eye with ``eye_open`` below ``min_eye_open`` gets
 no gaze: MediaPipe's iris under a nearly closed lid is a guess (on a real close-up the
 frame-to-frame jitter of the angle fell from 18 to 4 degrees with this rule).
@@ -169,10 +170,11 @@ class _GazeRun(StageRun):
     def process(self, batch: Batch) -> dict[str, np.ndarray]:
         rows = empty_rows(gaze_outputs(), len(batch))
         head = {k: batch.inputs[HeadStage.key(k)].astype(np.float64) for k in ("angles", "translation", "scale", "origin")}
-        ok = batch.inputs[HeadStage.key("valid")].astype(bool)
+        mesh = batch.inputs[FaceStage.key("mesh")]
+        ok = batch.inputs[HeadStage.key("valid")].astype(bool) & np.isfinite(mesh).all(axis=(1, 2))
         if ok.any():
             g = estimate_gaze(
-                batch.inputs[FaceStage.key("mesh")][ok],
+                mesh[ok],
                 euler_to_matrix(np.radians(head["angles"][ok])),
                 head["translation"][ok],
                 head["scale"][ok],

@@ -25,8 +25,10 @@ millimetres only under the assumed focal length (parameter ``focal``; OpenFace's
 default for an uncalibrated camera, ``500 (W/640 + H/480) / 2``, principal point at
 the image centre) and face size (``ipd_mm``); the group's attributes record both
 (``focal_px``, ``principal_point``).  A wrong focal length also biases the angles of
-faces far from the image centre.  Frames without a mesh (no face, or a face imported
-from OpenFace or OpenPose, which give no mesh) are NaN with ``valid`` False.
+faces far from the image centre.  A face imported from OpenFace or OpenPose has no
+mesh: its pose is fitted to the 51 inner landmarks alone, without depth, which is
+several degrees less accurate (the group's ``note`` says so).  Frames without a face
+are NaN with ``valid`` False.
 """
 
 from __future__ import annotations
@@ -41,7 +43,13 @@ from vidaffect.io.video import VideoInfo
 from vidaffect.stages.base import Batch, ModelInput, Stage, StageRun
 from vidaffect.stages.face import FaceStage
 from vidaffect.stages.head_pose import IPD_MM, default_focal, fit_head_pose, load_canonical
+from vidaffect.stages.layouts import IBUG_POINTS, MESH_TO_FACE70
 from vidaffect.stages.params import StageParams, param
+
+# Without a mesh (imported landmarks), the 51 inner iBUG points: a 68-point tool's jaw
+# follows the silhouette, where no fixed canonical vertex is.
+INNER_POINTS = np.arange(17, IBUG_POINTS)
+INNER_VERTICES = np.array(MESH_TO_FACE70[17:IBUG_POINTS])
 
 
 @dataclass(frozen=True)
@@ -69,7 +77,7 @@ class HeadStage(Stage):
 
     name = "head"
     # The canonical face is part of what determines the output: a new one re-runs caches.
-    version = f"1+{load_canonical().digest}"
+    version = f"2+{load_canonical().digest}"
     requires = ("face",)
     Params = HeadParams
     model_inputs = {"head": ModelInput("angles")}
@@ -92,26 +100,31 @@ class _HeadRun(StageRun):
         self.focal = p.focal if p.focal is not None else default_focal(info.width, info.height)
         self.center = (info.width / 2.0, info.height / 2.0)
         self.attrs = {"focal_px": self.focal, "principal_point": list(self.center), "ipd_mm": p.ipd_mm}
-        self.meshes = 0  # frames with a face mesh
-        self.faces = 0  # frames with a face
+        self.from_landmarks = 0  # frames fitted from landmarks alone (a face without a mesh)
 
     def process(self, batch: Batch) -> dict[str, np.ndarray]:
         mesh = batch.inputs[FaceStage.key("mesh")].astype(np.float64)
+        inner = batch.inputs[FaceStage.key("landmarks")][:, INNER_POINTS].astype(np.float64)
         has_mesh = np.isfinite(mesh).all(axis=(1, 2))
-        self.meshes += int(has_mesh.sum())
-        self.faces += int(batch.inputs[FaceStage.key("valid")].sum())
+        only_landmarks = ~has_mesh & np.isfinite(inner).all(axis=(1, 2))
+        self.from_landmarks += int(only_landmarks.sum())
         rows = empty_rows(head_outputs(), len(batch))
-        if has_mesh.any():
-            pose = fit_head_pose(mesh[has_mesh], self.focal, self.center, depth_weight=self.p.depth_weight, ipd_mm=self.p.ipd_mm)
-            rows["angles"][has_mesh] = pose.degrees
-            rows["translation"][has_mesh] = pose.translation
-            rows["scale"][has_mesh] = pose.scale
-            rows["origin"][has_mesh] = pose.origin
-            rows["residual"][has_mesh] = pose.residual
-            rows["valid"][has_mesh] = True
+        for use, points, vertices in ((has_mesh, mesh, None), (only_landmarks, inner, INNER_VERTICES)):
+            if not use.any():
+                continue
+            pose = fit_head_pose(points[use], self.focal, self.center, vertices=vertices, depth_weight=self.p.depth_weight, ipd_mm=self.p.ipd_mm)
+            rows["angles"][use] = pose.degrees
+            rows["translation"][use] = pose.translation
+            rows["scale"][use] = pose.scale
+            rows["origin"][use] = pose.origin
+            rows["residual"][use] = pose.residual
+            rows["valid"][use] = True
         return rows
 
     def finish(self) -> dict[str, np.ndarray]:
-        if self.faces and not self.meshes:
-            self.attrs["note"] = "the face stage stored no mesh (imported landmarks); head pose needs the mediapipe face backend"
+        if self.from_landmarks:
+            self.attrs["note"] = (
+                f"{self.from_landmarks} frame(s) without a face mesh (imported landmarks): head pose from the 51 inner "
+                "landmarks alone, several degrees less accurate (pitch least)"
+            )
         return empty_rows(head_outputs(), 0)

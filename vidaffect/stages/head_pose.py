@@ -197,15 +197,16 @@ def _gauss_newton_step(j: np.ndarray, res: np.ndarray, w: np.ndarray, comp: np.n
 
 
 def _refine_orthographic(
-    src: np.ndarray, y: np.ndarray, r: np.ndarray, s: np.ndarray, t2: np.ndarray, w: np.ndarray, depth_weight: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    src: np.ndarray, y: np.ndarray, r: np.ndarray, s: np.ndarray, t2: np.ndarray, w: np.ndarray, depth_weight: float,
+    iterations: int = FIT_ITERATIONS,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
     """Scaled orthographic fit: minimise the x, y residuals of ``s (R X)[:2] + t2`` and
     ``depth_weight`` times the z residuals (with a free depth offset)."""
     k = 3 if depth_weight > 0 else 2
     comp = np.array([1.0, 1.0, depth_weight])[:k]
     rx = np.einsum("tij,nj->tni", r, src)
-    tz = (y[..., 2] - s[:, None] * rx[..., 2]).mean(axis=1)
-    for _ in range(FIT_ITERATIONS):
+    tz = (y[..., 2] - s[:, None] * rx[..., 2]).mean(axis=1) if k == 3 else np.zeros(len(y))
+    for _ in range(iterations):
         rx = np.einsum("tij,nj->tni", r, src)
         t = np.concatenate([t2, tz[:, None]], axis=1)[:, :k]
         res = s[:, None, None] * rx[..., :k] + t[:, None] - y[..., :k]
@@ -264,36 +265,45 @@ def _refine_perspective(
 
 
 def fit_head_pose(
-    mesh: np.ndarray,
+    points: np.ndarray,
     focal: float,
     center: tuple[float, float],
     *,
+    vertices: np.ndarray | None = None,
     depth_weight: float = 0.5,
     ipd_mm: float = IPD_MM,
     canonical: Canonical | None = None,
 ) -> HeadPose:
-    """Head pose of every frame of a face-mesh sequence (see the module docs).
+    """Head pose of every frame of a face-mesh (or landmark) sequence (module docs).
 
     Parameters
     ----------
-    mesh : np.ndarray, shape (T, 478, 3)
-        MediaPipe meshes as the face stage stores them: x, y in pixels, z relative
-        depth in pixels, negative towards the camera.  Frames with NaN get NaN.
+    points : np.ndarray, shape (T, 478, 3) or (T, n, 2)
+        MediaPipe meshes as the face stage stores them (x, y in pixels, z relative
+        depth in pixels, negative towards the camera); or, with ``vertices``, image
+        points (x, y pixels) of those canonical vertices, e.g. imported landmarks,
+        fitted from a frontal start (fine to about 45 degrees; pitch is the least
+        reliable angle without depth).  Frames with NaN get NaN.
     focal : float
         Focal length in pixels (:func:`default_focal` when the camera is unknown).
     center : tuple of float
         Principal point (cx, cy) in pixels.
+    vertices : np.ndarray or None, default None
+        (n,) canonical vertex of each point; None: ``points`` are whole meshes and the
+        canonical's rigid vertices are fitted.
     depth_weight : float, default 0.5
         Weight of the mesh's relative depth against its x, y in the refinements (0:
-        image positions only, 1: depth trusted as much).
+        image positions only, 1: depth trusted as much); unused for 2-D points.
     ipd_mm : float, default 63
         The subject's interpupillary distance in mm; scales the translation only.
     canonical : Canonical or None, default None
         The canonical face; None loads the packaged one.
     """
     can = canonical or load_canonical()
-    src = can.vertices[can.rigid] * (ipd_mm / IPD_MM)
-    m = np.asarray(mesh, np.float64)
+    index = can.rigid if vertices is None else np.asarray(vertices)
+    src = can.vertices[index] * (ipd_mm / IPD_MM)
+    m = np.asarray(points, np.float64)
+    m = m[:, index] if vertices is None else m
     t_all = len(m)
     ok = np.isfinite(m).all(axis=(1, 2))
     pose = HeadPose(
@@ -302,12 +312,20 @@ def fit_head_pose(
     )  # fmt: skip
     if not ok.any():
         return pose
-    y = m[ok][:, can.rigid]
-    r, s, t = umeyama(src, y)
-    # MediaPipe guesses the vertices facing away; weight by how squarely each faces us.
-    w = np.clip(-np.einsum("tij,nj->tni", r, can.normals[can.rigid])[..., 2], MIN_VISIBILITY, 1.0)
-    r, s, t = umeyama(src, y, w)
-    r, s, t2 = _refine_orthographic(src, y, r, s, t[:, :2], w, depth_weight)
+    y = m[ok]
+    if y.shape[-1] == 3:
+        r, s, t = umeyama(src, y)
+        # MediaPipe guesses the vertices facing away; weight by how squarely each faces us.
+        w = np.clip(-np.einsum("tij,nj->tni", r, can.normals[index])[..., 2], MIN_VISIBILITY, 1.0)
+        r, s, t = umeyama(src, y, w)
+        r, s, t2 = _refine_orthographic(src, y, r, s, t[:, :2], w, depth_weight)
+    else:
+        depth_weight = 0.0
+        w = np.ones(y.shape[:2])
+        spread = np.sqrt(((y - y.mean(axis=1, keepdims=True)) ** 2).sum(axis=(1, 2)) / ((src[:, :2] - src[:, :2].mean(axis=0)) ** 2).sum())
+        r = np.broadcast_to(np.eye(3), (len(y), 3, 3)).copy()
+        t2 = y.mean(axis=1) - spread[:, None] * src[:, :2].mean(axis=0)
+        r, s, t2 = _refine_orthographic(src, y, r, spread, t2, w, 0.0, iterations=4 * FIT_ITERATIONS)
     # The orthographic rotation is relative to the line of sight to the face.
     cx, cy = center
     ray = np.stack([(t2[:, 0] - cx) / focal, (t2[:, 1] - cy) / focal, np.ones(len(t2))], axis=1)
