@@ -37,7 +37,7 @@ def test_modality_table_is_the_stages_declarations():
         model = AffectNet(net, "lstm", resolve_sizes())
         assert set(model.dims.items()) <= set(modalities.DIMS.items())
         assert set(model.validity.items()) <= set(modalities.VALIDITY_DIMS.items())
-    assert modalities.DIMS == {"landmarks": 140, "mesh": 1434, "face_box": 4, "pose": 36, "embed": 2048, "evm": 2048, "mel": 128}
+    assert modalities.DIMS == {"landmarks": 140, "mesh": 1434, "face_box": 4, "pose": 36, "embed": 2048, "evm": 2048, "mel": 128, "head": 3, "gaze": 2, "egemaps": 25}
     assert modalities.VALIDITY_DIMS == {**{m: 1 for m in modalities.DIMS}, "pose": 18}
 
 

@@ -278,6 +278,46 @@ def plot(predictions: Path, annotations: Path | None, out: Path) -> None:
 
 
 @main.command()
+@click.argument("target", type=click.Path(exists=True, path_type=Path))
+@click.option("--format", "fmt", required=True, type=click.Choice(["csv", "parquet", "openface"]), help="csv or parquet: vidaffect's table (every value of the stages, named columns); openface: OpenFace 2 FeatureExtraction CSV.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for <video-id>.csv / .parquet.")
+@click.option("--stages", help="Comma-separated stages to export.  [default: every stage of the store; openface: face,head,gaze]")
+@click.option("--openface-style", default="2.2", show_default=True, type=click.Choice(["2.2", "2.0"]), help="2.0: fields separated by ', ' as OpenFace 2.0 wrote them.")
+@handle_errors
+def export(target: Path, fmt: str, out: Path, stages: str | None, openface_style: str) -> None:
+    """Per-frame tables of TARGET (a store folder or one .h5 store): one file per video.
+
+    Rows are frames; columns are named as the README's table lists (OpenFace's names
+    with --format openface, which vidaffect's own OpenFace import reads back).
+    Exit status 1 when some stores failed.
+    """
+    from vidaffect.commands.export import export as run_export
+
+    names = [s.strip() for s in stages.split(",") if s.strip()] if stages else None
+    summary = run_export(target, fmt, out, names, openface_style, progress=show_progress(State.quiet))
+    click.echo(summary.report(), err=bool(summary.failed))
+    sys.exit(summary.exit_code)
+
+
+@main.command()
+@click.argument("video", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="The video to write (.mp4).")
+@click.option("--store", default="features", show_default=True, type=click.Path(path_type=Path), help="Feature store folder holding VIDEO's store.")
+@click.option("--predictions", type=click.Path(exists=True, path_type=Path), help="A `vidaffect predict` CSV: adds a valence/arousal trace and the circumplex under the frame.")
+@click.option("--draw", help="Layers to draw: face (box, 70 landmarks), pose (COCO-18 skeleton), head (axes), gaze (rays); each needs its stage in the store.  [default: every layer the store has]")
+@handle_errors
+def render(video: Path, out: Path, store: Path, predictions: Path | None, draw: str | None) -> None:
+    """Write VIDEO with what vidaffect found drawn on every frame, and its audio.
+
+    Frames without a face say so.  Same frames, timestamps and audio as VIDEO.
+    """
+    from vidaffect.commands.render import render as run_render
+
+    layers = tuple(s.strip() for s in draw.split(",") if s.strip()) if draw else None
+    click.echo(f"wrote {run_render(video, out, store, predictions, layers, progress=show_progress(State.quiet))}")
+
+
+@main.command()
 @click.option("--quick", is_flag=True, help="Small media, about two minutes on 2 CPU cores.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write the figures as JSON.")
 @click.option("--device", default="auto", show_default=True, type=DEVICE)

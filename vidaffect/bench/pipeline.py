@@ -1,7 +1,7 @@
-"""Extraction end to end (one process, and worker processes), training and
-prediction: ``extract_fps``, ``extract_workers_fps``, ``train_seq_per_s`` (and
-``_inmemory``), ``predict_fps`` (and ``_network``), and training and prediction speed
-per temporal head (``train_seq_per_s_<head>``, ``predict_fps_<head>``)."""
+"""Extraction end to end (one process, and worker processes), training, prediction
+and rendering: ``extract_fps``, ``extract_workers_fps``, ``train_seq_per_s`` (and
+``_inmemory``), ``predict_fps`` (and ``_network``), training and prediction speed per
+temporal head (``train_seq_per_s_<head>``, ``predict_fps_<head>``), ``render_fps``."""
 
 from __future__ import annotations
 
@@ -61,6 +61,30 @@ def measure_workers(ctx: Context) -> dict[str, Any]:
         check(result)
     frames = sum(r.frames for r in summary.results)
     return {"extract_workers_fps": frames / elapsed, "extract_workers": workers, "extract_workers_videos": len(summary.results)}
+
+
+def measure_render(ctx: Context) -> dict[str, Any]:
+    """``render_fps``: `vidaffect render` of the clip with every layer and a
+    predictions strip (decoding, drawing, encoding, carrying the audio), from the store
+    :func:`measure_extract` made, with head and gaze added first."""
+    from vidaffect.commands.render import render
+
+    store = ctx.work / "features"
+    extractor = Extractor(store, Plan.make(["head", "gaze"]), ctx.device)
+    try:
+        check(extractor.run(VideoSource(ctx.clip, "clip")))
+    finally:
+        extractor.close()
+    with h5py.File(store / "clip.h5", "r") as h5:
+        timestamps = h5["frames/timestamp"][:]
+    predictions = ctx.work / "render-predictions.csv"
+    writer = CsvWriter(predictions)
+    with writer.video("clip") as write:
+        write(0, timestamps, np.stack([np.sin(timestamps), np.cos(timestamps)], axis=1), np.ones(len(timestamps), bool))
+    writer.close()
+    started = time.perf_counter()
+    render(ctx.clip, ctx.work / "render.mp4", store=store, predictions=predictions)
+    return {"render_fps": len(timestamps) / (time.perf_counter() - started)}
 
 
 def measure_train(ctx: Context) -> dict[str, Any]:

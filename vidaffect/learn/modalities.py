@@ -5,9 +5,9 @@ from a store.
 
 With the default stages and parameters the table is:
 
-==========  ======================================  ======  ========  ==================
+==========  ======================================  ======  ========  ================================
 modality    store dataset                           size    validity  stage
-==========  ======================================  ======  ========  ==================
+==========  ======================================  ======  ========  ================================
 landmarks   ``face/landmarks`` flattened (pixels)   140     1         face
 mesh        ``face/mesh`` relative to ``face/bbox``  1434    1         face
 face_box    ``face/bbox`` / frame width and height  4       1         face
@@ -15,7 +15,10 @@ pose        ``pose/keypoints`` x and y (pixels)     36      18        pose
 embed       ``embed/<encoder>``                     2048    1         embed
 evm         ``evm/<encoder>``                       2048    1         evm
 mel         ``audio/mel``                           128     1         mel
-==========  ======================================  ======  ========  ==================
+head        ``head/angles``                         3       1         head
+gaze        ``gaze/angles``                         2       1         gaze
+egemaps     ``egemaps/lld``                         25      1         egemaps (``vidaffect[egemaps]``)
+==========  ======================================  ======  ========  ================================
 
 ``mesh`` is centred on the face box and divided by the box's width (which, unlike its
 height, does not change when the mouth opens), so the face's position and size in the
