@@ -385,3 +385,28 @@ def test_grouping_file(tmp_path, project):
     (tmp_path / "bad.csv").write_text("a,b\n")
     with pytest.raises(ValueError, match="video,subject"):
         train(store=project / "features", annotations=project / "annotations", groups=tmp_path / "bad.csv", **FAST)
+
+
+def test_audio_features_choose_what_the_audio_input_reads(project, tmp_path):
+    """--audio-features egemaps reads the egemaps stage where the network reads mel,
+    both reads the two in one layer, and stores without egemaps name the stage to extract."""
+    from vidaffect.stages.smile import LLD_NAMES
+
+    with pytest.raises(Exception, match=r"needs egemaps features .*--stages egemaps"):
+        train(store=project / "features", annotations=project / "annotations", out=tmp_path / "none", audio_features="egemaps", epochs=1, **FAST)
+    rng = np.random.default_rng(1)
+    loudness = LLD_NAMES.index("Loudness_sma3")
+    for path in sorted((project / "features").glob("*.h5")):
+        with h5py.File(path, "r") as h5:
+            mel, valid = h5["audio/mel"][:], h5["audio/valid"][:]
+        lld = rng.normal(0, 1, (len(mel), len(LLD_NAMES))).astype(np.float32)
+        lld[:, loudness] = mel.mean(axis=1)  # the loudness follows the level, as the Mel bands do
+        write_store(path, {"audio/mel": mel, "audio/valid": valid, "egemaps/lld": lld, "egemaps/voiced": np.ones(len(mel), np.float32)})
+    for choice, modalities in (("egemaps", ["egemaps"]), ("both", ["mel", "egemaps"])):
+        run = train(store=project / "features", annotations=project / "annotations", out=tmp_path / choice, audio_features=choice, epochs=1, seed=0, **FAST)
+        loaded = load_model(run / "best.ckpt")
+        assert loaded.model.modalities == modalities
+        assert yaml.safe_load((run / "config.yaml").read_text())["audio_features"] == choice
+        assert loaded.model.layers["mel"].linear.in_features == sum(d + 1 for d in (loaded.model.dims[m] for m in modalities))
+        pred = predict_video(loaded, project / "features" / "clip00.h5")
+        assert pred.shape == (FRAMES, 2) and np.isfinite(pred).all()

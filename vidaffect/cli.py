@@ -51,6 +51,12 @@ def _networks() -> list[str]:
     return list(NETWORKS)
 
 
+def _audio_features() -> list[str]:
+    from vidaffect.learn.networks import AUDIO_FEATURES
+
+    return list(AUDIO_FEATURES)
+
+
 def _heads() -> list[str]:
     from vidaffect.learn.heads import HEADS
 
@@ -184,6 +190,7 @@ def info(target: Path | None, recipe: str | None) -> None:
 @main.command()
 @click.option("--net", type=LazyChoice(_networks), help="Network to train (the README's network table says what each reads)." + recipe_default("net"))
 @click.option("--head", type=LazyChoice(_heads), help="Temporal head over each window; auto = the network's own (lstm for full, without-mel, audio, pose; transformer for the *-transformer nets)." + recipe_default("head"))
+@click.option("--audio-features", type=LazyChoice(_audio_features), help="What the network's audio input reads: mel (log-Mel, thesis), egemaps (openSMILE eGeMAPSv02 LLDs; extract stage egemaps, pip install vidaffect[egemaps]) or both." + recipe_default("audio_features"))
 @click.option("--loss", type=LazyChoice(_losses), help="Training loss." + recipe_default("loss"))
 @click.option("--store", default="features", show_default=True, type=click.Path(path_type=Path), help="Feature store folder.")
 @click.option("--annotations", default="annotations", show_default=True, type=click.Path(path_type=Path), help="Folder of per-video annotation files (<video-id>.txt Aff-Wild2 style, or .csv).")

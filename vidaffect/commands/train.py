@@ -92,13 +92,14 @@ def _refuse_shared_sources(sources: dict[str, list[str]], stores: dict[str, Path
     )
 
 
-def gather(store: Path, annotations: Path, val_annotations: Path | None, net: str) -> Pool:
-    """Stores with annotations, checked for the stages ``net`` needs, for equal
+def gather(store: Path, annotations: Path, val_annotations: Path | None, net: str, audio: str = "mel") -> Pool:
+    """Stores with annotations, checked for the stages ``net`` needs (with ``audio``
+    as its audio features, :data:`vidaffect.learn.networks.AUDIO_FEATURES`), for equal
     feature sizes and for one store per source video; annotations read and cut to the
     video's frames.  A network's optional modalities are read when every store has
     them."""
     stores = list_stores(store)
-    spec = net_spec(net)
+    spec = net_spec(net, audio)
     required, optional = spec.required(), list(spec.optional)
     stages = stages_for(required)
     if not stores:
@@ -180,6 +181,7 @@ def train(
     loss: str | None = None,
     out: str | Path | None = None,
     head: str | None = None,
+    audio_features: str | None = None,
     val_annotations: str | Path | None = None,
     val_split: float | None = None,
     folds: int | None = None,
@@ -215,6 +217,10 @@ def train(
         Temporal head (``lstm``, ``gru``, ``gru-attention``, ``transformer``); None =
         the recipe's, whose ``auto`` is the network's own (lstm for the fusion
         networks, transformer for the transformer networks).
+    audio_features : str or None, default None
+        What the network's audio input reads: ``mel``, ``egemaps`` (openSMILE's
+        eGeMAPSv02 low-level descriptors, stage ``egemaps``) or ``both``; None = the
+        recipe's (``mel``, as the thesis).
     val_annotations : str, Path or None, default None
         Annotations of an official validation set (its videos must be in ``store``);
         replaces ``val_split``.
@@ -250,7 +256,7 @@ def train(
     hyper = resolve_hyper(
         recipe,
         dict(
-            net=net, head=head, loss=loss, val_split=val_split, seq_len=seq_len, batch_size=batch_size, epochs=epochs, lr=lr,
+            net=net, head=head, audio_features=audio_features, loss=loss, val_split=val_split, seq_len=seq_len, batch_size=batch_size, epochs=epochs, lr=lr,
             **hyper_overrides,
         ),
     )  # fmt: skip
@@ -262,7 +268,7 @@ def train(
     fabric.launch()
     if workers is None:
         workers = 0 if fabric.device.type == "cpu" else min(GPU_WORKERS, os.cpu_count() or 1)
-    pool = gather(store, annotations, Path(val_annotations) if val_annotations else None, hyper.net)
+    pool = gather(store, annotations, Path(val_annotations) if val_annotations else None, hyper.net, hyper.audio_features)
     randoms = random_encoder(pool.features.provenance)
     if randoms:
         log.warning("training on features from a RANDOM (untrained) encoder (%s): the model will learn little from them", ", ".join(randoms))
@@ -339,7 +345,7 @@ def resume(run: str | Path, epochs: int | None = None, device: str = "auto", wor
             log.info("%s: finished at epoch %d; nothing to resume", run_dir.root, last["epoch"])
             results.append({"fold": fold, **next(r for r in run_dir.read_metrics() if r["epoch"] == last["resume"]["best_epoch"])})
             continue
-        pool = gather(Path(config["store"]), Path(config["annotations"]), Path(config["val_annotations"]) if config["val_annotations"] else None, hyper.net)
+        pool = gather(Path(config["store"]), Path(config["annotations"]), Path(config["val_annotations"]) if config["val_annotations"] else None, hyper.net, hyper.audio_features)
         videos = {v.video_id: v for v in pool.train + pool.val}
         missing = sorted(set(config["split"]["train"] + config["split"]["val"]) - set(videos))
         if missing:

@@ -25,6 +25,7 @@ class Hyper:
 
     net: str
     head: str  # "auto" = the network's default head
+    audio_features: str  # what the audio input reads: mel, egemaps or both (networks.AUDIO_FEATURES)
     loss: str
     optimizer: str  # sgd (thesis §4.2) or adam
     lr: float
@@ -45,7 +46,7 @@ class Hyper:
                 setattr(self, f.name, convert(getattr(self, f.name)))
             except (TypeError, ValueError):
                 raise ParameterError(f"training option {f.name}: expected {f.type}, got {getattr(self, f.name)!r}") from None
-        spec = net_spec(self.net)  # names the networks when unknown
+        spec = net_spec(self.net, self.audio_features)  # names the networks (and audio features) when unknown
         if self.head == AUTO_HEAD:
             self.head = spec.head
         head_spec(self.head)

@@ -18,6 +18,10 @@ multi-transformer    mesh, face_box, evm, embed (+ pose, mel      none: all conc
                      when every training store has them)          head's input projection
 ===================  ===========================================  ======================================  ============
 
+"mel" above is the audio input: ``--audio-features`` (:data:`AUDIO_FEATURES`) makes it
+openSMILE's eGeMAPS low-level descriptors (25 per frame, stage ``egemaps``) or both
+concatenated, in the same layer.
+
 Every modality comes with its validity flags (1 per frame, 18 for pose), appended to
 its values (:func:`vidaffect.learn.dataset.model_inputs`).
 
@@ -34,7 +38,8 @@ head the head's own input layer is the projection.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -62,6 +67,23 @@ class NetSpec:
     def required(self) -> list[str]:
         return [m for _, mods, _ in self.layers for m in mods] + list(self.inputs)
 
+    def with_audio(self, audio: str) -> NetSpec:
+        """The network reading ``audio`` (a name of :data:`AUDIO_FEATURES`) where it reads ``mel``."""
+        try:
+            chosen = AUDIO_FEATURES[audio]
+        except KeyError:
+            raise ParameterError(f"unknown audio features {audio!r}; choose one of: {', '.join(AUDIO_FEATURES)}") from None
+
+        def swap(mods: tuple[str, ...]) -> tuple[str, ...]:
+            return tuple(x for m in mods for x in (chosen if m == "mel" else (m,)))
+
+        return replace(self, layers=tuple((n, swap(mods), d) for n, mods, d in self.layers), inputs=swap(self.inputs), optional=swap(self.optional))
+
+
+# What a network's audio input (``mel`` in NETWORKS) reads: ``vidaffect train --audio-features``.
+# Both: the two are concatenated into the same layer.
+AUDIO_FEATURES: dict[str, tuple[str, ...]] = {"mel": ("mel",), "egemaps": ("egemaps",), "both": ("mel", "egemaps")}
+
 
 NETWORKS: dict[str, NetSpec] = {
     "full": NetSpec(layers=(("landmark", ("embed", "landmarks"), 1024), ("pose", ("pose",), 512), ("mel", ("mel",), 256))),
@@ -75,18 +97,27 @@ NETWORKS: dict[str, NetSpec] = {
 }
 
 
-def net_spec(net: str) -> NetSpec:
+def net_spec(net: str, audio: str = "mel") -> NetSpec:
+    """The network ``net`` with ``audio`` features (:data:`AUDIO_FEATURES`) as its audio input."""
     try:
-        return NETWORKS[net]
+        spec = NETWORKS[net]
     except KeyError:
         raise ParameterError(f"unknown network {net!r}; choose one of: {', '.join(NETWORKS)}") from None
+    return spec.with_audio(audio)
 
 
-def net_modalities(net: str) -> list[str]:
+def net_modalities(net: str, audio: str = "mel") -> list[str]:
     """Modalities a network can read, in the order its layers take them in (the
     optional ones last)."""
-    spec = net_spec(net)
+    spec = net_spec(net, audio)
     return spec.required() + list(spec.optional)
+
+
+def audio_of(modalities: Iterable[str]) -> str:
+    """The :data:`AUDIO_FEATURES` choice whose modalities are those among ``modalities``
+    ("mel" when there are none)."""
+    present = tuple(m for m in AUDIO_FEATURES["both"] if m in set(modalities))
+    return next((name for name, mods in AUDIO_FEATURES.items() if mods == present), "mel")
 
 
 class MaskedBatchNorm1d(nn.BatchNorm1d):
@@ -132,8 +163,9 @@ class AffectNet(nn.Module):
         The recipe's ``model:`` section (:func:`vidaffect.learn.hyper.resolve_sizes`).
     dims : dict[str, int] or None, default None
         Values per frame of each modality the network reads (its optional modalities
-        only when present here); None = every modality of the net with the stages'
-        default parameters (:data:`vidaffect.learn.modalities.DIMS`).
+        only when present here; ``egemaps`` here makes it the audio input, with ``mel``
+        too both, see :data:`AUDIO_FEATURES`); None = every modality of the net, mel
+        audio, with the stages' default parameters (:data:`vidaffect.learn.modalities.DIMS`).
     validity : dict[str, int] or None, default None
         Validity flags per frame of each modality (0: none, as in checkpoints made
         before validity inputs existed); None = :data:`~vidaffect.learn.modalities.VALIDITY_DIMS`.
@@ -151,11 +183,12 @@ class AffectNet(nn.Module):
         self, net: str, head: str, sizes: Sizes, dims: dict[str, int] | None = None, validity: dict[str, int] | None = None
     ) -> None:
         super().__init__()
-        spec = net_spec(net)
+        audio = audio_of(dims or ())  # the audio features the inputs include
+        spec = net_spec(net, audio)
         self.net, self.head_name, self.sizes = net, head, sizes
         self.causal = head_spec(head).causal
         dims = dims if dims is not None else {m: DIMS[m] for m in net_modalities(net)}
-        self.modalities = [m for m in net_modalities(net) if m in dims]
+        self.modalities = [m for m in net_modalities(net, audio) if m in dims]
         lacking = [m for m in spec.required() if m not in dims]
         if lacking:
             raise ParameterError(f"the {net} network needs {', '.join(lacking)} inputs")
