@@ -38,6 +38,7 @@ from vidaffect.errors import InputNotFound, ParameterError
 from vidaffect.io.annotations import AnnotationIndex, read_annotation
 from vidaffect.io.recipe import DEFAULT_RECIPE
 from vidaffect.io.store import list_stores
+from vidaffect.io.store_lookup import file_key
 from vidaffect.learn.checkpoint import random_encoder, read, stage_provenance
 from vidaffect.learn.dataset import FeatureSet, VideoData
 from vidaffect.learn.hyper import Hyper, recipe_section, resolve_hyper, resolve_sizes
@@ -59,19 +60,6 @@ class Pool:
     train: list[VideoData]
     val: list[VideoData]  # from --val-annotations, else empty
     features: FeatureSet
-
-
-def source_key(h5: h5py.File) -> str:
-    """Which file a store was made from: its ``path`` attribute resolved (links
-    followed; the same inode counts as the same file), "" when it records none."""
-    path = str(h5.attrs.get("path", ""))
-    if not path:
-        return ""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return os.path.realpath(path)
-    return f"{st.st_dev}:{st.st_ino}"
 
 
 def _refuse_shared_sources(sources: dict[str, list[str]], stores: dict[str, Path], annotation_of: dict[str, Path]) -> None:
@@ -130,7 +118,7 @@ def gather(store: Path, annotations: Path, val_annotations: Path | None, net: st
                 provenance.setdefault(stage, p)
                 hashes.setdefault(stage, set()).add(p["params_hash"])
             n = frame_count(h5)
-            key = source_key(h5)
+            key = file_key(h5.attrs["path"]) if h5.attrs.get("path") else ""
             here = {m: (feature_dim(h5, m), validity_dim(h5, m)) for m in present}
         labels = read_annotation(annotation_of[vid], n)
         if not np.isfinite(labels).all(axis=1).any():
