@@ -234,8 +234,9 @@ def train(
     devices, num_nodes : int or None, int, default None, 1
         Processes per node (None: 1 on the CPU, every visible GPU on CUDA) and nodes;
         several train data-parallel (DDP, gloo on the CPU), each with ``batch_size``
-        windows per step.  The processes of this node are started here; other nodes
-        run the same call (see the README's "Several GPUs and nodes").
+        windows per step.  Lightning starts this node's other processes by running
+        the same command line again (a script calling this runs again in each); other
+        nodes run the same command (README: "Several GPUs, processes and nodes").
     seed : int or None, default None
         Seeds weights, shuffling and dropout (a CPU run repeats exactly) and the split.
         None = a random training seed; the split then uses seed 0, so runs without a
