@@ -205,29 +205,37 @@ def info(target: Path | None, recipe: str | None) -> None:
 @click.option("--out", type=click.Path(path_type=Path), help="Run folder.  [default: ./runs/<net>-<loss>-<time>]")
 @click.option("--recipe", help="Built-in recipe name (thesis, thesis-transformer) or YAML file; its train: and model: sections give the defaults.")
 @click.option("--device", default="auto", show_default=True, type=DEVICE)
+@click.option("--devices", type=click.IntRange(1), help="Processes on this node, trained data-parallel (DDP): GPUs with --device cuda, processes sharing the cores (gloo) with --device cpu; --batch-size is per process.  [default: 1 on CPU, every visible GPU on CUDA]")
+@click.option("--num-nodes", default=1, show_default=True, type=click.IntRange(1), help="Machines, each running this command with --devices processes; needs MASTER_ADDR, MASTER_PORT and NODE_RANK set on each, or torchrun/srun (README: several GPUs and nodes).")
 @click.option("--seed", type=int, help="Random seed; makes a CPU run repeatable.")
 @click.option("--resume", type=click.Path(exists=True, file_okay=False, path_type=Path), help="Continue an interrupted run (its folder) from last.ckpt with its own configuration; --epochs may raise the limit.")
-@click.option("--workers", type=click.IntRange(0), help="DataLoader processes reading the stores (0 = main process).  [default: 0 on CPU, 4 on GPU]")
+@click.option("--workers", type=click.IntRange(0), help="DataLoader processes reading the stores (0 = main process), per training process.  [default: 0 on CPU, 4 on GPU]")
 @handle_errors
 def train(**options: Any) -> None:
     """Train a network on the feature stores and annotations.
 
     Leaves runs/<name>/ with config.yaml, metrics.csv (every loss and CCC/PCC/RMSE/SAGR
-    per epoch, train and validation), best.ckpt and last.ckpt.
+    per epoch, train and validation), best.ckpt and last.ckpt.  With several processes
+    (--devices, --num-nodes) the first one alone validates and writes them.
     """
     from vidaffect.commands.train import resume
     from vidaffect.commands.train import train as run_train
+    from vidaffect.learn.loop import is_main_process
 
+    if not is_main_process():  # a further DDP process started by the first: it reports errors only
+        logging.disable(logging.WARNING)
     options = {k: v for k, v in options.items() if v is not None}
     run = options.pop("resume", None)
     if run is not None:
-        ignored = sorted(set(options) - {"epochs", "device", "workers", "store", "annotations"})
+        kept = {"epochs", "device", "devices", "num_nodes", "workers"}
+        ignored = sorted(set(options) - kept - {"store", "annotations"})
         if ignored:
             raise click.UsageError(f"--resume continues with the run's own configuration; drop {', '.join('--' + o.replace('_', '-') for o in ignored)}")
-        out = resume(run, epochs=options.get("epochs"), device=options["device"], workers=options.get("workers"), progress=show_progress(State.quiet))
+        out = resume(run, **{k: v for k, v in options.items() if k in kept}, progress=show_progress(State.quiet))
     else:
         out = run_train(**options, progress=show_progress(State.quiet))
-    click.echo(f"run saved in {out}")
+    if is_main_process():
+        click.echo(f"run saved in {out}")
 
 
 @main.command()

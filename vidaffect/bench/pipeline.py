@@ -134,7 +134,7 @@ def train_throughput(
     ``batches`` SGD steps after one warm-up step, with the non-inertial loss.
     """
 
-    fabric = make_fabric(device, single=True)
+    fabric = make_fabric(device, devices=1)
     rng = np.random.default_rng(0)
     seed_everything(0, verbose=False)
     model = AffectNet(net, head, resolve_sizes())

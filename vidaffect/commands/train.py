@@ -41,6 +41,7 @@ from vidaffect.io.store import list_stores
 from vidaffect.io.store_lookup import file_key
 from vidaffect.learn.checkpoint import random_encoder, read, stage_provenance
 from vidaffect.learn.dataset import FeatureSet, VideoData
+from vidaffect.learn.heads import Sizes
 from vidaffect.learn.hyper import Hyper, recipe_section, resolve_hyper, resolve_sizes
 from vidaffect.learn.loop import fit, make_fabric
 from vidaffect.learn.modalities import extract_hint, feature_dim, frame_count, missing_stages, stages_for, validity_dim
@@ -183,6 +184,8 @@ def train(
     groups: str | Path | None = None,
     progress: bool = True,
     workers: int | None = None,
+    devices: int | None = None,
+    num_nodes: int = 1,
     **hyper_overrides: Any,
 ) -> Path:
     """Train a network; returns the run folder.
@@ -221,7 +224,13 @@ def train(
         Frames per window (:mod:`vidaffect.learn.windows`), windows per batch,
         maximum epochs, learning rate; None = the recipe's.
     device : str, default "auto"
-        "auto" (all GPUs when there are any), "cpu", "cuda" or "cuda:N".
+        "auto" (the GPUs when there are any), "cpu", "cuda" or "cuda:N".
+    devices, num_nodes : int or None, int, default None, 1
+        Processes per node (None: 1 on the CPU, every visible GPU on CUDA) and nodes;
+        several train data-parallel (DDP, gloo on the CPU), each with ``batch_size``
+        windows per step.  Lightning starts this node's other processes by running
+        the same command line again (a script calling this runs again in each); other
+        nodes run the same command (README: "Several GPUs, processes and nodes").
     seed : int or None, default None
         Seeds weights, shuffling and dropout (a CPU run repeats exactly) and the split.
         None = a random training seed; the split then uses seed 0, so runs without a
@@ -252,15 +261,17 @@ def train(
     if folds and val_annotations:
         raise ParameterError("--folds and --val-annotations exclude each other")
     store, annotations = Path(store), Path(annotations)
-    fabric = make_fabric(device)
+    # every check before the launch, so a mistake is reported once, not by every process
+    fabric = make_fabric(device, devices, num_nodes)
+    pool = gather(store, annotations, Path(val_annotations) if val_annotations else None, hyper.net, hyper.audio_features)
     fabric.launch()
     if workers is None:
         workers = 0 if fabric.device.type == "cpu" else min(GPU_WORKERS, os.cpu_count() or 1)
-    pool = gather(store, annotations, Path(val_annotations) if val_annotations else None, hyper.net, hyper.audio_features)
     randoms = random_encoder(pool.features.provenance)
-    if randoms:
+    if randoms and fabric.is_global_zero:
         log.warning("training on features from a RANDOM (untrained) encoder (%s): the model will learn little from them", ", ".join(randoms))
-    train_seed = seed if seed is not None else random.randrange(2**31)
+    # the processes must shuffle alike (and they use process 0's seeds, the ones recorded)
+    train_seed = fabric.broadcast(seed if seed is not None else random.randrange(2**31))
     split_seed = seed if seed is not None else 0
     if val_annotations:
         splits = [([v.video_id for v in pool.train], [v.video_id for v in pool.val])]
@@ -303,48 +314,88 @@ def train(
         results.append({"fold": k + 1, **best})
     if folds and fabric.is_global_zero:
         root.write_fold_summary(results)
+    fabric.barrier()  # the processes end together, after process 0 has written everything
     return root.root
 
 
-def resume(run: str | Path, epochs: int | None = None, device: str = "auto", workers: int | None = None, progress: bool = True) -> Path:
+
+def resume(
+    run: str | Path,
+    epochs: int | None = None,
+    device: str = "auto",
+    workers: int | None = None,
+    progress: bool = True,
+    devices: int | None = None,
+    num_nodes: int = 1,
+) -> Path:
     """Continue an interrupted ``train`` run from its ``last.ckpt``, with the same
     configuration and split (``config.yaml``); for a k-fold run, every fold that has
-    not finished.  ``epochs`` raises the epoch limit.  Returns the run folder."""
+    not finished.  ``epochs`` raises the epoch limit; ``devices`` and ``num_nodes`` as
+    in :func:`train` (a run may continue on another number of processes).  Returns the
+    run folder."""
     root = RunDir(Path(run))
     folds = root.folds()
     runs = folds or [root]
     if not runs[0].config.is_file():
         raise InputNotFound(f"{root.root}: no {RunDir.CONFIG}; --resume takes a run folder made by `vidaffect train`")
-    fabric = make_fabric(device)
+    fabric = make_fabric(device, devices, num_nodes)
+    # every check before the launch, so a mistake is reported once, not by every process
+    plans = [_resume_plan(run_dir, epochs) for run_dir in runs]
     fabric.launch()
     results = []
-    for run_dir in runs:
-        config = yaml.safe_load(run_dir.config.read_text())
-        defaults = recipe_section("train")  # keys a run of an older vidaffect did not record
-        hyper = Hyper(**{f.name: config.get(f.name, defaults[f.name]) for f in fields(Hyper)})
-        sizes = resolve_sizes(None, config.get("model"))
-        if epochs is not None:
-            hyper.epochs = config["epochs"] = epochs
-        last = read(run_dir.last) if run_dir.last.is_file() else None
-        if last is not None and "resume" not in last:
-            raise ParameterError(f"{run_dir.last} holds no optimizer state (made by an older vidaffect); it cannot be resumed")
-        fold = config["split"]["fold"]
-        if last is not None and (last["epoch"] >= hyper.epochs or last["resume"]["stale"] >= hyper.early_stopping):
-            log.info("%s: finished at epoch %d; nothing to resume", run_dir.root, last["epoch"])
-            results.append({"fold": fold, **next(r for r in run_dir.read_metrics() if r["epoch"] == last["resume"]["best_epoch"])})
+    for plan in plans:
+        if plan.pool is None:
+            results.append(plan.best)
             continue
-        pool = gather(Path(config["store"]), Path(config["annotations"]), Path(config["val_annotations"]) if config["val_annotations"] else None, hyper.net, hyper.audio_features)
-        videos = {v.video_id: v for v in pool.train + pool.val}
-        missing = sorted(set(config["split"]["train"] + config["split"]["val"]) - set(videos))
-        if missing:
-            raise ParameterError(f"{run_dir.root}: videos of its split are no longer in {config['store']}: {', '.join(missing[:5])}")
-        log.info("%s: resuming after epoch %d of %d", run_dir.root, last["epoch"] if last else 0, hyper.epochs)
-        n_workers = workers if workers is not None else config["workers"]
+        videos = {v.video_id: v for v in plan.pool.train + plan.pool.val}
+        split = plan.config["split"]
+        n_workers = workers if workers is not None else plan.config["workers"]
         best = fit(
-            fabric, hyper, sizes, [videos[v] for v in config["split"]["train"]], [videos[v] for v in config["split"]["val"]],
-            pool.features, run_dir, config, fold_seed(config["seed"], fold), n_workers, progress, last,
-        )
-        results.append({"fold": fold, **best})
+            fabric, plan.hyper, plan.sizes, [videos[v] for v in split["train"]], [videos[v] for v in split["val"]],
+            plan.pool.features, plan.run, plan.config, fold_seed(plan.config["seed"], split["fold"]), n_workers, progress, plan.last,
+        )  # fmt: skip
+        results.append({"fold": split["fold"], **best})
     if folds and fabric.is_global_zero:
         root.write_fold_summary(results)
+    fabric.barrier()
     return root.root
+
+
+@dataclass
+class ResumePlan:
+    """One run (or fold) to continue: its configuration and ``last.ckpt``, and its
+    videos (``pool`` None when it has finished; ``best`` is then its best row)."""
+
+    run: RunDir
+    config: dict[str, Any]
+    hyper: Hyper
+    sizes: Sizes
+    last: dict[str, Any] | None
+    pool: Pool | None
+    best: dict[str, Any]
+
+
+def _resume_plan(run_dir: RunDir, epochs: int | None) -> ResumePlan:
+    """Read and check what continuing ``run_dir`` needs."""
+    config = yaml.safe_load(run_dir.config.read_text())
+    defaults = recipe_section("train")  # keys a run of an older vidaffect did not record
+    hyper = Hyper(**{f.name: config.get(f.name, defaults[f.name]) for f in fields(Hyper)})
+    sizes = resolve_sizes(None, config.get("model"))
+    if epochs is not None:
+        hyper.epochs = config["epochs"] = epochs
+    last = read(run_dir.last) if run_dir.last.is_file() else None
+    if last is not None and "resume" not in last:
+        raise ParameterError(f"{run_dir.last} holds no optimizer state (made by an older vidaffect); it cannot be resumed")
+    fold = config["split"]["fold"]
+    if last is not None and (last["epoch"] >= hyper.epochs or last["resume"]["stale"] >= hyper.early_stopping):
+        log.info("%s: finished at epoch %d; nothing to resume", run_dir.root, last["epoch"])
+        best = next(r for r in run_dir.read_metrics() if r["epoch"] == last["resume"]["best_epoch"])
+        return ResumePlan(run_dir, config, hyper, sizes, last, None, {"fold": fold, **best})
+    val_annotations = Path(config["val_annotations"]) if config["val_annotations"] else None
+    pool = gather(Path(config["store"]), Path(config["annotations"]), val_annotations, hyper.net, hyper.audio_features)
+    found = {v.video_id for v in pool.train + pool.val}
+    missing = sorted(set(config["split"]["train"] + config["split"]["val"]) - found)
+    if missing:
+        raise ParameterError(f"{run_dir.root}: videos of its split are no longer in {config['store']}: {', '.join(missing[:5])}")
+    log.info("%s: resuming after epoch %d of %d", run_dir.root, last["epoch"] if last else 0, hyper.epochs)
+    return ResumePlan(run_dir, config, hyper, sizes, last, pool, {})

@@ -213,3 +213,29 @@ class WindowDataset(torch.utils.data.Dataset):
             "video": i,
             "start": start,
         }
+
+
+class EpochShuffle(torch.utils.data.Sampler[int]):
+    """One process's share of a shuffle of ``n`` windows that depends only on ``seed``
+    and :attr:`epoch`: the processes deal the shuffle out in turn (process ``rank``
+    takes positions rank, rank + P, ...; P = ``processes``), the shuffle padded with its
+    first windows to a multiple of P so that every process takes as many steps.  So
+    global step k trains on positions [kG, (k+1)G) of the shuffle (G = P x batch size)
+    whatever P is, and a resumed run shuffles as if it had never stopped.
+
+    The epoch is an attribute, not a ``set_epoch`` method, which Fabric's data loader
+    would call with its own count of passes (restarting at 0 in a resumed run).
+    """
+
+    def __init__(self, n: int, seed: int, processes: int = 1, rank: int = 0) -> None:
+        self.n, self.seed, self.processes, self.rank = n, seed, processes, rank
+        self.epoch = 0
+
+    def __iter__(self) -> Any:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.n, generator=generator).tolist()
+        order += (order * self.processes)[: -self.n % self.processes]
+        return iter(order[self.rank :: self.processes])
+
+    def __len__(self) -> int:
+        return -(-self.n // self.processes)

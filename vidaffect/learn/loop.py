@@ -3,10 +3,12 @@ or one fold), :func:`train_epoch` goes once over the training windows,
 :func:`train_step` is one optimizer step, and :func:`validate` predicts the validation
 videos whole, through the same code as ``vidaffect predict``.
 
-Lightning Fabric places the model and batches on the device and, with several GPUs,
-runs data-parallel (DDP: each GPU gets ``batch_size`` windows per step; every process
-validates on the whole validation set so they agree on the schedule and on stopping;
-training metrics are those of process 0's share).
+Lightning Fabric places the model and batches on the device and, with several
+processes (``devices`` per node times ``num_nodes``; gloo on the CPU, NCCL on GPUs),
+runs data-parallel (DDP): each process takes ``batch_size`` windows per step, and a
+global step takes the same windows whatever the process count (see :func:`fit`), so
+2 processes x B windows train as 1 process x 2B does.  The training metrics cover every
+process's windows; process 0 validates, and writes metrics, config and checkpoints.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
+import os
 import time
 import warnings
 from collections.abc import Callable, Iterable
@@ -24,11 +27,14 @@ import torch
 import yaml
 from lightning.fabric import Fabric
 from lightning.fabric.loggers import CSVLogger, TensorBoardLogger
+from lightning.fabric.plugins.environments import LSFEnvironment, SLURMEnvironment, TorchElasticEnvironment
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.fabric.utilities.seed import seed_everything
 from torch.utils.data import DataLoader
 
+from vidaffect.errors import ParameterError
 from vidaffect.learn.checkpoint import LoadedModel, build_network, save
-from vidaffect.learn.dataset import FeatureSet, VideoData, WindowDataset, compute_stats
+from vidaffect.learn.dataset import EpochShuffle, FeatureSet, VideoData, WindowDataset, compute_stats
 from vidaffect.learn.heads import Sizes
 from vidaffect.learn.hyper import Hyper
 from vidaffect.learn.inference import predict_video
@@ -44,19 +50,60 @@ from vidaffect.util.terminal import progress_bar
 log = logging.getLogger(__name__)
 
 
-def make_fabric(device: str = "auto", single: bool = False) -> Fabric:
-    """Fabric for ``device`` ("auto", "cpu", "cuda", "cuda:N"): every visible GPU with
-    DDP for "auto"/"cuda" when there are several (one when ``single``)."""
+# What each node's command needs to find the others when no cluster launcher (torchrun,
+# SLURM's srun, LSF's jsrun) started it: Lightning's own environment.
+NODE_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK")
+
+
+def make_fabric(device: str = "auto", devices: int | None = None, num_nodes: int = 1) -> Fabric:
+    """Fabric for ``device`` ("auto", "cpu", "cuda", "cuda:N") with ``devices``
+    processes on each of ``num_nodes`` machines, data-parallel (DDP) when there are
+    several.  ``devices`` None: 1 on the CPU, every visible GPU for "cuda" (and "auto"
+    on a GPU machine), 1 for "cuda:N".  Requests this machine cannot serve are a
+    :class:`ParameterError`.  Call ``launch()`` on it before training."""
     device = resolve_device(device)
     # Values decaying into the denormal range (LSTM gradients do) make x86 CPU
     # arithmetic an order of magnitude slower; training gains nothing from them.
     torch.set_flush_denormal(True)
+    if num_nodes > 1 and not any(env.detect() for env in (TorchElasticEnvironment, SLURMEnvironment, LSFEnvironment)):
+        missing = [name for name in NODE_VARIABLES if name not in os.environ]
+        if missing:
+            raise ParameterError(
+                f"--num-nodes {num_nodes}: run the same command on every node with MASTER_ADDR (node 0's address), "
+                f"MASTER_PORT (a free port on node 0) and NODE_RANK (0 to {num_nodes - 1}) set, or start it with torchrun or "
+                f"srun; {', '.join(missing)} not set here"
+            )
+    which: int | list[int]
     if device == "cpu":
-        return Fabric(accelerator="cpu", devices=1)
-    if ":" in device:
-        return Fabric(accelerator="cuda", devices=[int(device.split(":", 1)[1])])
-    n = 1 if single else torch.cuda.device_count()
-    return Fabric(accelerator="cuda", devices=n, strategy="ddp" if n > 1 else "auto")
+        which = n = devices or 1
+        if n > 1:  # the processes share the cores; a pool of every core each would oversubscribe them
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // n))
+    elif ":" in device:
+        if devices not in (None, 1):
+            raise ParameterError(f"--device {device} is one GPU; for {devices} GPUs use --device cuda --devices {devices}")
+        which, n = [int(device.split(":", 1)[1])], 1
+    else:
+        visible = torch.cuda.device_count()
+        which = n = devices or visible
+        if n > visible:
+            raise ParameterError(f"--devices {n}: PyTorch sees {visible} CUDA device(s) on this machine")
+    parallel = n * num_nodes > 1
+    return Fabric(accelerator=device.split(":")[0], devices=which, num_nodes=num_nodes, strategy="ddp" if parallel else "auto")
+
+
+def is_main_process() -> bool:
+    """False in every process of a data-parallel run but the first (after its launch),
+    which alone writes files and reports."""
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
+def gather_objects(fabric: Fabric, obj: Any) -> list[Any]:
+    """``obj`` of every process, in rank order (``[obj]`` in a single process)."""
+    if fabric.world_size == 1:
+        return [obj]
+    every: list[Any] = [None] * fabric.world_size
+    torch.distributed.all_gather_object(every, obj)
+    return every
 
 
 def make_optimizer(hyper: Hyper, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
@@ -109,7 +156,8 @@ def train_epoch(
 ) -> dict[str, float]:
     """One pass of training over the windows of ``loader``.  Returns the losses (each
     batch weighted by its annotated frames) and the metrics over the windows' annotated
-    frames (a frame in two windows counts twice)."""
+    frames (a frame in two windows counts twice), of every process's windows: the same
+    row in every process."""
     model.train()
     sums: dict[str, Any] = {}
     frames = 0
@@ -125,7 +173,11 @@ def train_epoch(
             video = batch["video"][:, None].expand(mask.shape)
             collected.append((video[mask], pred[mask], target[mask]))
             bar.update()
-    video_of, preds, targets = (torch.cat(parts).cpu().numpy() for parts in zip(*collected, strict=True))
+    arrays = [torch.cat(parts).cpu().numpy() for parts in zip(*collected, strict=True)]
+    shares = gather_objects(fabric, ({name: float(total) for name, total in sums.items()}, frames, arrays))
+    sums = {name: sum(share[0][name] for share in shares) for name in sums}
+    frames = sum(share[1] for share in shares)
+    video_of, preds, targets = (np.concatenate(parts) for parts in zip(*(share[2] for share in shares), strict=True))
     return _row(sums, frames, {videos[i].video_id: (preds[video_of == i], targets[video_of == i]) for i in np.unique(video_of)})
 
 
@@ -189,15 +241,21 @@ def fit(
         history = [row for row in run.read_metrics() if row["epoch"] < first]  # the logger rewrites the file
         best_row = next(row for row in history if row["epoch"] == last["resume"]["best_epoch"])
     model, optimizer = fabric.setup(net, optimizer)
-    # validation runs the model exactly as `vidaffect predict` runs a checkpoint
+    # Validation runs the network exactly as `vidaffect predict` runs a checkpoint: the
+    # module itself (on the device now), not its DDP wrapper, which would join
+    # collectives that only process 0, the one that validates, reaches.
     runner = LoadedModel(
-        path=run.best, net=net.net, head=net.head_name, model=model, modalities=net.modalities, dims=net.dims,
+        path=run.best, net=net.net, head=net.head_name, model=net, modalities=net.modalities, dims=net.dims,
         validity=net.validity, seq_len=hyper.seq_len, hop=hop_for(hyper.seq_len), stages=stages_for(net.modalities),
         stats=stats, provenance=features.provenance, device=str(fabric.device),
     )  # fmt: skip
     data = WindowDataset(train_videos, net.modalities, stats, hyper.seq_len, net.validity)
+    # the processes' shares of one shuffle per epoch: 2 processes x B windows a step
+    # train on the windows 1 process x 2B does
+    sampler = EpochShuffle(len(data), seed, fabric.world_size, fabric.global_rank)
     loader: Any = fabric.setup_dataloaders(
-        DataLoader(data, batch_size=hyper.batch_size, shuffle=True, num_workers=workers, persistent_workers=workers > 0)
+        DataLoader(data, batch_size=hyper.batch_size, sampler=sampler, num_workers=workers, persistent_workers=workers > 0),
+        use_distributed_sampler=False,
     )
     monitor = "val_ccc_mean" if val_videos else "train_ccc_mean"
     if not val_videos:
@@ -223,14 +281,21 @@ def fit(
             started = time.perf_counter()
             batches = progress and fabric.is_global_zero
             row: dict[str, Any] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
+            sampler.epoch = epoch
             for k, v in train_epoch(fabric, model, loader, train_videos, loss_fn, optimizer, batches).items():
                 row[f"train_{k}"] = v
             if val_videos:
-                for k, v in validate(runner, val_videos, batches).items():
-                    row[f"val_{k}"] = v
+                # Process 0 validates and hands its numbers to the others (who wait):
+                # under DDP each process keeps BatchNorm running statistics of its own
+                # batches, and process 0's network is the one the checkpoints hold, so
+                # these are the numbers `vidaffect predict` gives with best.ckpt.
+                # Validation predicts each video once without gradients, a fraction of an
+                # epoch's work, so sharing it out would gain little.
+                scores = validate(runner, val_videos, batches) if fabric.is_global_zero else {}
+                row.update({f"val_{k}": v for k, v in fabric.broadcast(scores).items()})
             row["seconds"] = time.perf_counter() - started
-            # every process decides on the same number, so they stop together under DDP
-            score = fabric.broadcast(row[monitor] if math.isfinite(row[monitor]) else -math.inf)
+            # the row is the same in every process, so they decide, and stop, together
+            score = row[monitor] if math.isfinite(row[monitor]) else -math.inf
             improved = score > best_score or not best_row
             if improved:
                 best_score, best_row, stale = score, row, 0
@@ -248,7 +313,7 @@ def fit(
                     "best_score": float(best_score),
                     "best_epoch": int(best_row["epoch"]),
                     "stale": stale,
-                    "torch_rng": torch.get_rng_state(),  # shuffling and dropout continue as if never stopped
+                    "torch_rng": torch.get_rng_state(),  # dropout continues as if never stopped
                 }
                 save(run.last, net, stats, features.provenance, config, epoch, metrics, hyper.seq_len, resume)
                 if improved:
