@@ -11,8 +11,9 @@ from media import astronaut_frame, make_video
 from vidaffect.commands.extract import extract
 from vidaffect.io.video import VideoInfo
 from vidaffect.stages.base import Batch
+from vidaffect.stages.body import present_keypoints
 from vidaffect.stages.layouts import COCO18_NAMES, pose33_to_coco18
-from vidaffect.stages.pose import PoseParams, PoseStage, present_keypoints
+from vidaffect.stages.pose import PoseParams, PoseStage
 
 ASTRONAUT_FACE = (173.7, 67.8, 103.9, 103.9)  # x, y, w, h in the 512 px photograph
 K = {name: i for i, name in enumerate(COCO18_NAMES)}
@@ -139,6 +140,7 @@ def test_a_title_card_has_no_person(media, tmp_path):
         assert not h5["pose/valid"][()].any()
         assert np.isnan(h5["pose/keypoints"][()]).all()  # a frame without a person is NaN throughout
         assert h5["pose"].attrs["frames_without_face"] == 8
+        assert "8 frame(s) with a body showing a face where no face was found" in h5["pose"].attrs["note"]
 
 
 def close_up() -> np.ndarray:
@@ -216,7 +218,7 @@ def test_pose_follows_the_tracked_face(stage):
 def test_keypoint_rules():
     p = PoseParams()
     kp = np.array([[10, 10, 0.9], [10, 10, 0.49], [-5, 10, 0.9], [-7, 10, 0.9], [50, 104, 0.8], [np.nan, np.nan, 0]], np.float32)
-    kept = present_keypoints(np.vstack([kp, np.zeros((12, 3), np.float32)]), (0, 0, 640, 360), p)[: len(kp)]
+    kept = present_keypoints(np.vstack([kp, np.zeros((12, 3), np.float32)]), (0, 0, 640, 360), p.min_keypoint_confidence, p.outside_margin)[: len(kp)]
     # confident and inside; below the threshold; 5 px outside (within 1 % of 640); 7 px outside; inside; missing
     assert np.isfinite(kept[:, 0]).tolist() == [True, False, True, False, True, False]
     assert kept[~np.isfinite(kept[:, 0]), 2].tolist() == [0, 0, 0]

@@ -12,6 +12,8 @@ Figures (the ``--json`` keys), all measured in this process unless said otherwis
 ``decode_fps``                 PyAV decoding (pictures and audio), frames/s
 ``face_fps``, ``pose_fps``,    each stage alone on frames already decoded, frames/s
 ``mel_fps``, ``evm_fps``       (``evm``: magnification and the encoder)
+``head_fps``, ``gaze_fps``     the head and gaze stages alone on the face stage's rows
+``egemaps_fps``                the egemaps stage (NaN without openSMILE), as mel
 ``encoder_raw_fps``            the encoder's forward pass alone on a ready batch on the
                                device: the limit of the crop-encoding stages, crops/s
 ``encoder_stage_fps``          the ``embed`` stage: cropping, batching, transfers and
@@ -22,11 +24,22 @@ Figures (the ``--json`` keys), all measured in this process unless said otherwis
                                allow when the stages run one after another)
 ``extract_workers_fps``        ``extract(workers=cores)`` on one video per core, wall
                                time including starting the workers and their models
-``train_seq_per_s``            training windows/s read from stores by the DataLoader
+``train_seq_per_s``            training windows/s of the full network (lstm head) read
+                               from stores by the DataLoader
 ``train_seq_per_s_inmemory``   the same steps on batches already in memory
+``train_seq_per_s_<head>``     training windows/s of the full network with each head
+                               (``lstm``, ``gru``, ``gru_attention``, ``transformer``)
+``render_fps``                 ``vidaffect render`` of the clip: every layer and a
+                               predictions strip, decoding, drawing, encoding and the
+                               audio, frames/s
 ``predict_fps``                prediction of a stored video: reading the store, the
-                               network, writing CSV rows, frames/s
-                               (``predict_fps_network``: the network alone)
+                               network over the blended windows, writing CSV rows,
+                               frames/s (``predict_fps_network``: the network alone);
+                               ``predict_fps_<head>`` the same with each head
+``predict_peak_rss_mb_short``  peak resident memory (MB) of a fresh process predicting
+``predict_peak_rss_mb_long``   a stored video with a transformer network
+                               (feature-transformer), and one four times longer;
+                               measured like the extraction figures below
 ``extract_peak_rss_mb_short``  peak resident memory (MB) of a fresh process extracting
 ``extract_peak_rss_mb_long``   a clip with every default stage, and a clip four times
                                longer.  Each process first extracts a tiny clip, so
@@ -120,11 +133,15 @@ def run(size: BenchSize, device: str, progress: bool = False) -> dict[str, Any]:
             ("mel stage", stages.measure_mel),
             ("encoder and embed stage", stages.measure_encoder),
             ("evm stage", stages.measure_evm),
+            ("head and gaze stages", stages.measure_head_gaze),
+            ("egemaps stage", stages.measure_egemaps),
             ("extraction, one video", pipeline.measure_extract),
             ("extraction, --workers", pipeline.measure_workers),
+            ("render", pipeline.measure_render),
             ("training", pipeline.measure_train),
             ("prediction", pipeline.measure_predict),
             ("memory, short and long clip", memory.measure_rss),
+            ("memory of prediction, short and long video", memory.measure_predict_rss),
         ]
         ctx = Context(size, device, work)
         with progress_bar(len(steps), "bench", "step", progress) as bar:

@@ -1,9 +1,10 @@
 """Decoding and each stage alone, on frames already decoded: ``decode_fps``,
 ``face_fps``, ``pose_fps``, ``mel_fps``, ``encoder_raw_fps``, ``encoder_stage_fps``,
-``evm_fps`` and ``evm_magnify_fps``."""
+``evm_fps``, ``evm_magnify_fps``, ``head_fps``, ``gaze_fps`` and ``egemaps_fps``."""
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,10 +18,13 @@ from vidaffect.extraction.engine import BATCH_FRAMES
 from vidaffect.io.video import AudioChunk, Frame, VideoInfo, VideoSource, decode, probe
 from vidaffect.stages.base import Batch, Stage, row_sets
 from vidaffect.stages.crop import CROP_SIZE, crop_faces
+from vidaffect.stages.egemaps import EgemapsStage
 from vidaffect.stages.embed import EmbedStage, EncoderParams
 from vidaffect.stages.encoder import Encoder
 from vidaffect.stages.evm import EvmParams, EvmStage
 from vidaffect.stages.face import FaceStage
+from vidaffect.stages.gaze import GazeStage
+from vidaffect.stages.head import HeadStage
 from vidaffect.stages.magnify import Magnifier
 from vidaffect.stages.mel import MelStage
 from vidaffect.stages.pose import PoseStage
@@ -86,11 +90,11 @@ def measure_pose(ctx: Context) -> dict[str, Any]:
     return {"pose_fps": fps, "pose_found_fraction": float(rows["valid"].mean())}
 
 
-def measure_mel(ctx: Context) -> dict[str, Any]:
-    stage = MelStage()
+def audio_stage_fps(ctx: Context, stage: Stage) -> float:
+    """Frames/s of an audio stage fed the clip's audio and frame times in decoding
+    order, as the engine feeds them, after one untimed pass (first calls warm up)."""
 
     def replay() -> int:
-        """Audio and frame times in decoding order, as the engine feeds them."""
         run = stage.open(ctx.clip_info, ctx.work / "stage.h5")
         times: list[float] = []
         done = rows = 0
@@ -106,7 +110,7 @@ def measure_mel(ctx: Context) -> dict[str, Any]:
                 times.clear()
         return rows + sum(len(r["valid"]) for r in row_sets(run.finish()))
 
-    replay()  # the filterbank and first calls warm up
+    replay()
     frames, elapsed = 0, 0.0
     while True:
         started = time.perf_counter()
@@ -114,7 +118,42 @@ def measure_mel(ctx: Context) -> dict[str, Any]:
         elapsed += time.perf_counter() - started
         if elapsed >= ctx.size.min_seconds:
             break
-    return {"mel_fps": frames / elapsed}
+    return frames / elapsed
+
+
+def measure_mel(ctx: Context) -> dict[str, Any]:
+    return {"mel_fps": audio_stage_fps(ctx, MelStage())}
+
+
+def measure_egemaps(ctx: Context) -> dict[str, Any]:
+    """``egemaps_fps``; NaN when openSMILE (an optional extra) is not installed."""
+    if importlib.util.find_spec("opensmile") is None:
+        return {"egemaps_fps": float("nan"), "egemaps_note": "openSMILE not installed (pip install 'vidaffect[egemaps]')"}
+    return {"egemaps_fps": audio_stage_fps(ctx, EgemapsStage())}
+
+
+def measure_head_gaze(ctx: Context) -> dict[str, Any]:
+    """``head_fps`` and ``gaze_fps`` on the face stage's rows of the clip (they look at
+    no pictures, only the stored mesh and head rows)."""
+    batches = list(frame_batches(ctx.frames))
+    for batch in batches:
+        batch.inputs = {FaceStage.key(k): v[batch.start : batch.start + len(batch)] for k, v in ctx.face_rows.items()}
+    figures = {}
+    for stage in (HeadStage(), GazeStage()):
+        stage.open(ctx.clip_info, ctx.work / "stage.h5").process(batches[0])  # warm up
+        frames, elapsed = 0, 0.0
+        while True:
+            run = stage.open(ctx.clip_info, ctx.work / "stage.h5")
+            started = time.perf_counter()
+            rows = [run.process(batch) for batch in batches]
+            elapsed += time.perf_counter() - started
+            frames += len(ctx.frames)
+            if elapsed >= ctx.size.min_seconds:
+                break
+        for batch, out in zip(batches, rows, strict=True):  # gaze reads the head rows
+            batch.inputs.update({stage.key(k): v for k, v in out.items()})
+        figures[f"{stage.name}_fps"] = frames / elapsed
+    return figures
 
 
 def encoder_batch(ctx: Context, n: int) -> Batch:

@@ -366,8 +366,8 @@ def frame_attrs(timestamps: np.ndarray, repaired: np.ndarray) -> dict[str, Any]:
     step = float(np.median(steps)) if len(steps) else 0.0
     return {
         "frame_count": n,
-        "fps": 1.0 / step if step > 0 else 0.0,
-        "duration": float(timestamps[-1] - timestamps[0]) + step if n else 0.0,
+        "fps": round(1.0 / step, 6) if step > 0 else 0.0,
+        "duration": round(float(timestamps[-1] - timestamps[0]) + step, 6) if n else 0.0,
         "timestamps_repaired": int(np.count_nonzero(repaired)),
     }
 

@@ -11,6 +11,7 @@ the id of its existing store, so ``vidaffect extract ./videos`` and a later
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import h5py
@@ -22,15 +23,25 @@ from vidaffect.io.video import VideoSource
 log = logging.getLogger(__name__)
 
 
+def file_key(path: str | Path) -> str:
+    """Which file ``path`` is: its device and inode when it exists (links and hard
+    links of one file are one file), else its resolved path."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return os.path.realpath(path)
+    return f"{st.st_dev}:{st.st_ino}"
+
+
 def stores_by_source(store_dir: str | Path) -> dict[str, list[str]]:
-    """The video ids of the complete stores below ``store_dir``, by the resolved path
-    of the source file each was made from (more than one id only for stores made by
-    versions that did not look the source up)."""
+    """The video ids of the complete stores below ``store_dir``, by the
+    :func:`file_key` of the source file each was made from (more than one id only for
+    stores made by versions that did not look the source up)."""
     found: dict[str, list[str]] = {}
     for video_id, path in list_stores(store_dir).items():
         recorded = source_of(path)  # None: unreadable, extraction recomputes it under its own id
         if recorded is not None and recorded[0]:
-            found.setdefault(str(Path(recorded[0]).resolve()), []).append(video_id)
+            found.setdefault(file_key(recorded[0]), []).append(video_id)
     return found
 
 
@@ -57,7 +68,7 @@ def assign_stores(sources: list[VideoSource], store_dir: str | Path) -> tuple[li
     """Give every source the id of the store it already has, so that one source file
     has one store whichever folder or file was given.
 
-    A source is known by its resolved path (a store records it); one not in the store
+    A source is known by :func:`file_key` of the path a store records; one not in the store
     folder keeps its own id, unless a store of that id was made from another file that
     still exists (then it is a problem: two files, one id).  A store whose source has
     gone, with the same size and modification time as this file, is this file moved:
@@ -75,7 +86,7 @@ def assign_stores(sources: list[VideoSource], store_dir: str | Path) -> tuple[li
     problems: list[tuple[str, str]] = []
     for source in sources:
         resolved = source.path.resolve()
-        ids = index.get(str(resolved), [])
+        ids = index.get(file_key(resolved), [])
         if ids:
             chosen = source.video_id if source.video_id in ids else ids[0]
             if len(ids) > 1:

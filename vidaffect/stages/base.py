@@ -68,11 +68,18 @@ class ModelInput:
     dataset: the dataset inside the stage's group; ``{name}`` fields are filled from
         the stage's parameters (``"{encoder}"`` -> ``resnet50``).
     keypoints: the dataset holds (x, y, confidence) points; the networks read x and y,
-        NaN where the confidence is 0 (the point was not found).
+        NaN where the confidence is 0 (the point was not found), and one validity
+        flag per point instead of one per frame.
+    relative_to: how pixel coordinates are made comparable across videos: ``""``
+        (as stored), ``"frame"`` (an ``(x, y, w, h)`` box divided by the frame's width
+        and height) or the name of a box dataset of the same group (points centred
+        on that box and divided by its width, so the face's position and size in the
+        picture drop out).
     """
 
     dataset: str
     keypoints: bool = False
+    relative_to: str = ""
 
     def dataset_name(self, params: dict[str, Any]) -> str:
         return self.dataset.format(**params)

@@ -137,7 +137,11 @@ class FaceStage(Stage):
     group = "face"
     version = "2"
     Params = FaceParams
-    model_inputs = {"landmarks": ModelInput("landmarks")}
+    model_inputs = {
+        "landmarks": ModelInput("landmarks"),
+        "mesh": ModelInput("mesh", relative_to="bbox"),
+        "face_box": ModelInput("bbox", relative_to="frame"),
+    }
     params: FaceParams
 
     def __init__(self, params: FaceParams | None = None, device: str = "cpu") -> None:

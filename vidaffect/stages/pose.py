@@ -25,7 +25,7 @@ clamped to the border (scores up to 0.49) and keeps 99 % of the others.
 **The tracked face's person.**  The stage requires the face stage and follows its face
 (``face/bbox``): a body counts only when its head (the nose, else the eyes) lies on
 that face.  MediaPipe pose runs on the region around the face where that person's body
-can be (:func:`person_region`: 3.5 face sizes to each side, 2 above, 12 below, cut to
+can be (:func:`.body.person_region`: 3.5 face sizes to each side, 2 above, 12 below, cut to
 the frame), which keeps other people out of view; the region is moved only when the face
 has moved by half its size, and MediaPipe's tracking restarts only when the region
 jumps by more than a quarter of its size.  OpenPose imports
@@ -74,28 +74,26 @@ from vidaffect.errors import SetupError
 from vidaffect.io.store import Output, empty_rows
 from vidaffect.io.video import VideoInfo
 from vidaffect.stages.base import Batch, ModelInput, Stage, StageRun
+from vidaffect.stages.body import (
+    HEAD,
+    REGION_MOVE,
+    REGION_RESTART,
+    head_on_face,
+    person_region,
+    present_keypoints,
+    region_jump,
+    shows_face,
+)
 from vidaffect.stages.boxes import points_box
 from vidaffect.stages.face import FaceStage
 from vidaffect.stages.imports import IMPORT_MATCHES, Imported, ImportRun, check_import_params, import_files, open_import
-from vidaffect.stages.layouts import BODY_POINTS, COCO18_NAMES, pose33_to_coco18
+from vidaffect.stages.layouts import BODY_POINTS, pose33_to_coco18
 from vidaffect.stages.mediapipe_solutions import mediapipe_solution, restart_quietly
 from vidaffect.stages.openpose import follow, read_openpose
 from vidaffect.stages.params import StageParams, param
 
 _MODEL_FILES = {0: "pose_landmark_lite.tflite", 1: "pose_landmark_full.tflite", 2: "pose_landmark_heavy.tflite"}
 FACE_BBOX, FACE_VALID = FaceStage.key("bbox"), FaceStage.key("valid")
-_K = {name: i for i, name in enumerate(COCO18_NAMES)}
-NOSE, EYES, HEAD = _K["nose"], [_K["right_eye"], _K["left_eye"]], [_K[n] for n in ("nose", "right_eye", "left_eye", "right_ear", "left_ear")]
-# The region around a face where its person's body can be, in face sizes (the longer
-# side of the face box): arms spread reach about 5 to each side, raised hands 2 above,
-# ankles about 11 below the top of the face.
-_REGION_SIDE, _REGION_ABOVE, _REGION_BELOW = 3.5, 2.0, 12.0
-_REGION_MOVE = 0.5  # face sizes the ideal region must move before the region follows
-# MediaPipe tracks in the coordinates of the image it is given; it follows a region
-# that moves or grows by less than this share of its size like a moving person, and
-# starts afresh after larger changes.
-_REGION_RESTART = 0.25
-_HEAD_ON_FACE = 0.25  # the head point may lie this many face sizes outside the face box
 _HEAD_CROP, _HEAD_CROP_PX = 2.0, 256  # head check: crop side over the head's extent, pixels
 
 
@@ -119,66 +117,6 @@ class PoseParams(StageParams):
 
     def check(self) -> None:
         check_import_params(self)
-
-
-def present_keypoints(keypoints: np.ndarray, region: tuple[float, float, float, float], p: PoseParams) -> np.ndarray:
-    """The keypoints that are there: those below ``p.min_keypoint_confidence``, or
-    outside ``region`` (x0, y0, x1, y1 pixels: the image the pose model saw) by more than
-    ``p.outside_margin`` of its width or height, become NaN with confidence 0.
-
-    Parameters
-    ----------
-    keypoints : np.ndarray, shape (..., 18, 3)
-        x, y in pixels and confidence.
-    region : tuple of float
-    p : PoseParams
-
-    Returns
-    -------
-    np.ndarray, same shape, float32
-    """
-    kp = np.array(keypoints, np.float32)
-    x0, y0, x1, y1 = region
-    mx, my = p.outside_margin * (x1 - x0), p.outside_margin * (y1 - y0)
-    x, y, c = kp[..., 0], kp[..., 1], kp[..., 2]
-    inside = (x >= x0 - mx) & (x <= x1 + mx) & (y >= y0 - my) & (y <= y1 + my)
-    keep = inside & (c >= p.min_keypoint_confidence) & (c > 0)
-    kp[~keep] = (np.nan, np.nan, 0.0)
-    return kp
-
-
-def person_region(face: np.ndarray, width: int, height: int) -> tuple[int, int, int, int]:
-    """(x0, y0, x1, y1): the part of a ``width`` x ``height`` frame where the body of
-    the person with face box ``face`` (x, y, w, h) can be."""
-    x, y, w, h = (float(v) for v in face)
-    side = max(w, h)
-    cx = x + w / 2
-    x0, x1 = cx - _REGION_SIDE * side, cx + _REGION_SIDE * side
-    y0, y1 = y - _REGION_ABOVE * side, y + _REGION_BELOW * side
-    return max(0, int(x0)), max(0, int(y0)), min(width, int(np.ceil(x1))), min(height, int(np.ceil(y1)))
-
-
-def head_on_face(keypoints: np.ndarray, face: np.ndarray) -> bool:
-    """The body's head point (the nose, else the eyes' midpoint; any confidence above 0)
-    lies on the face box (x, y, w, h), give or take a quarter of its size."""
-    kp = np.asarray(keypoints)
-    seen = (kp[:, 2] > 0) & np.isfinite(kp[:, 0])
-    if seen[NOSE]:
-        head = kp[NOSE, :2]
-    elif seen[EYES].any():
-        head = kp[EYES][seen[EYES], :2].mean(axis=0)
-    else:
-        return False
-    x, y, w, h = (float(v) for v in face)
-    slack = _HEAD_ON_FACE * max(w, h)
-    return bool(x - slack <= head[0] <= x + w + slack and y - slack <= head[1] <= y + h + slack)
-
-
-def shows_face(keypoints: np.ndarray, region: tuple[float, float, float, float], p: PoseParams) -> bool:
-    """The body claims a visible face: nose and both eyes confident and in the image."""
-    x, y, c = np.asarray(keypoints)[[NOSE, *EYES]].T
-    x0, y0, x1, y1 = region
-    return bool(((x >= x0) & (x <= x1) & (y >= y0) & (y <= y1) & (c >= p.min_keypoint_confidence)).all())
 
 
 class PoseStage(Stage):
@@ -262,15 +200,28 @@ def _faces_of(batch: Batch) -> list[np.ndarray | None]:
     return [box if ok else None for box, ok in zip(boxes, valid, strict=True)]
 
 
+_RULES = {
+    "frames_not_tracked_face": "a body that was not the tracked face's person",
+    "frames_without_face": "a body showing a face where no face was found (not a person, e.g. a logo)",
+}
+
+
 class _Rejections:
-    """Frames whose body was not taken, by rule, kept in the group's attributes."""
+    """Frames whose body was not taken, by rule, kept in the group's attributes (and
+    its ``note``)."""
 
     def __init__(self, attrs: dict[str, Any], rules: tuple[str, ...]) -> None:
         self.attrs = attrs
         self.attrs.update(dict.fromkeys(rules, 0))
+        self.rules = rules
 
     def add(self, rule: str) -> None:
         self.attrs[rule] += 1
+
+    def note(self) -> None:
+        said = [f"{self.attrs[r]} frame(s) with {_RULES[r]} have no pose" for r in self.rules if self.attrs[r]]
+        if said:
+            self.attrs["note"] = "; ".join([self.attrs["note"], *said] if self.attrs.get("note") else said)
 
 
 class _PoseRun(StageRun):
@@ -304,10 +255,10 @@ class _PoseRun(StageRun):
                 if not head_on_face(body, face):
                     self.rejected.add("frames_not_tracked_face")
                     continue
-            elif shows_face(body, region, self.p) and not self._face_at_head(image, body):
+            elif shows_face(body, region, self.p.min_keypoint_confidence) and not self._face_at_head(image, body):
                 self.rejected.add("frames_without_face")
                 continue
-            kept = present_keypoints(body, region, self.p)
+            kept = present_keypoints(body, region, self.p.min_keypoint_confidence, self.p.outside_margin)
             if np.isfinite(kept[:, 0]).any():
                 rows["keypoints"][i] = kept
                 rows["valid"][i] = True
@@ -327,12 +278,12 @@ class _PoseRun(StageRun):
             wanted = person_region(face, w, h)
             if self.region is not None and self.region_face > 0:
                 moved = max(abs(a - b) for a, b in zip(wanted, self.region, strict=True))
-                if moved <= _REGION_MOVE * min(side, self.region_face):
+                if moved <= REGION_MOVE * min(side, self.region_face):
                     wanted = self.region
             if wanted != self.region:
                 self.region_face = side
         if wanted != self.region:
-            if self.region is not None and _jump(self.region, wanted) > _REGION_RESTART:
+            if self.region is not None and region_jump(self.region, wanted) > REGION_RESTART:
                 self.pose.reset()
             self.region = wanted
         return wanted
@@ -352,13 +303,8 @@ class _PoseRun(StageRun):
         return bool(self.stage.face_detector().process(crop).detections)
 
     def finish(self) -> dict[str, np.ndarray]:
+        self.rejected.note()
         return empty_rows(self.outputs, 0)  # every row was returned by process()
-
-
-def _jump(old: tuple[int, int, int, int], new: tuple[int, int, int, int]) -> float:
-    """How far a region moved or resized, as a share of its size."""
-    w, h = max(old[2] - old[0], 1), max(old[3] - old[1], 1)
-    return max(abs(new[0] - old[0]) / w, abs(new[2] - old[2]) / w, abs(new[1] - old[1]) / h, abs(new[3] - old[3]) / h)
 
 
 class _PoseImportRun(ImportRun):
@@ -388,8 +334,12 @@ class _PoseImportRun(ImportRun):
             self.previous = points_box(people[choice]) if choice is not None else None
             if choice is None:
                 continue
-            kept = present_keypoints(people[choice], self.frame, self.p)
+            kept = present_keypoints(people[choice], self.frame, self.p.min_keypoint_confidence, self.p.outside_margin)
             if np.isfinite(kept[:, 0]).any():
                 rows["keypoints"][i] = kept
                 rows["valid"][i] = True
         return rows
+
+    def finish(self) -> dict[str, np.ndarray]:
+        self.rejected.note()
+        return {}
