@@ -131,7 +131,9 @@ def test_turning_a_real_photograph_in_the_image_plane_changes_only_the_roll(trac
         pose = fit_head_pose(mesh_of(tracker, turned(photo, a))[None], f, c)
         undone = euler_to_matrix(np.radians([0, 0, a])) @ pose.rotation
         assert geodesic_deg(undone, base.rotation)[0] < 2.5, a
-        assert pose.degrees[0, 2] - base.degrees[0, 2] == pytest.approx(-a, abs=1.5)
+        # The Euler roll of a head with pitch and yaw (the astronaut's) is not exactly
+        # additive under an image-plane turn; the geodesic check above is the exact one.
+        assert pose.degrees[0, 2] - base.degrees[0, 2] == pytest.approx(-a, abs=2.5)
 
 
 def eyes_looking(shape, gaze_x_deg):
