@@ -98,6 +98,23 @@ def test_every_person_gets_their_groups_with_faces_all(two_faces, tmp_path):
         assert "subjects" not in h5 and json.loads(h5["face"].attrs["params"])["faces"] == "primary"
 
 
+def test_head_and_gaze_run_per_person_with_faces_all(two_faces, tmp_path):
+    # They read the face's mesh, so each person's head sits on that person's face.
+    clip, boxes = two_faces
+    store = tmp_path / "features"
+    params = {"face": {"faces": "all", "min_subject_seconds": 0.2}}
+    summary = extract([clip], store, stages=["face", "head", "gaze"], params=params)
+    assert [r.status for r in summary.results] == ["done"], summary.report()
+    with h5py.File(store / "two.h5", "r") as h5:
+        assert set(h5["subjects/1"]) == {"face", "head", "gaze"}
+        for k, true_face in ((0, 1), (1, 0)):
+            origin, valid = h5[subject_group(k, "head/origin")][()], h5[subject_group(k, "head/valid")][()]
+            assert valid.all() and h5[subject_group(k, "gaze/valid")][()].any()
+            for t, b in enumerate(boxes):
+                box = np.asarray(b[true_face], np.float64)
+                assert box[0] < origin[t, 0] < box[0] + box[2], (k, t)
+
+
 def test_a_face_stage_that_fails_leaves_pose_made_without_it(two_faces, tmp_path, monkeypatch):
     from vidaffect.stages.face_tracker import FaceTracker
 
