@@ -132,7 +132,9 @@ def measure_encoder(ctx: Context) -> dict[str, Any]:
     batch = encoder_batch(ctx, params.batch_size)
     stage_rate = stage_fps(stage, batch, ctx.clip_info, ctx.work / "stage.h5", repeats=ctx.size.encoder_passes)
     # The stage's passes have just warmed the model up.
-    raw = raw_forward_fps(stage.encoder(), params.batch_size, batches=ctx.size.encoder_passes, warmup=0)
+    encoder = stage.encoder()
+    assert isinstance(encoder, Encoder), "the bench measures the encoder of this process"
+    raw = raw_forward_fps(encoder, params.batch_size, batches=ctx.size.encoder_passes, warmup=0)
     stage.close()
     return {"encoder_raw_fps": raw, "encoder_stage_fps": stage_rate, "encoder_batch": params.batch_size}
 

@@ -17,6 +17,7 @@ class VideoResult:
     frames: int = 0
     seconds: float = 0.0
     stages: list[str] = field(default_factory=list)
+    attempts: int = 1  # more than 1: a worker process crashed and the video was tried again
 
 
 def failure_reason(exc: BaseException) -> str:
@@ -44,11 +45,18 @@ class Summary:
     def exit_code(self) -> int:
         return 1 if self.failed else 0
 
+    @property
+    def retried(self) -> list[VideoResult]:
+        """Videos tried again because a worker process crashed."""
+        return [r for r in self.results if r.attempts > 1]
+
     def report(self) -> str:
         frames = sum(r.frames for r in self.results if r.status == "done")
         secs = sum(r.seconds for r in self.results if r.status == "done")
+        retried = self.retried
         lines = [
             f"{self.count('done')} done, {self.count('skipped')} skipped (up to date), {len(self.failed)} failed"
+            + (f", {len(retried)} retried after a worker process crashed" if retried else "")
             + (f"; {frames} frames in {secs:.1f} s of stage work" if frames else "")
         ]
         lines += [f"  FAILED {r.path}: {r.reason}" for r in self.failed]

@@ -107,6 +107,7 @@ class Stage(abc.ABC):
     version: ClassVar[str] = "1"
     requires: ClassVar[tuple[str, ...]] = ()
     uses_audio: ClassVar[bool] = False
+    neural: ClassVar[bool] = False  # runs a network, which a GPU speeds up
     Params: ClassVar[type[StageParams]]
     model_inputs: ClassVar[dict[str, ModelInput]] = {}
 
