@@ -105,7 +105,7 @@ def extract(
     for path, reason in problems:
         log.error("%s: %s", path, reason)
     Path(store).mkdir(parents=True, exist_ok=True)
-    log.info("extracting %s from %d video(s) into %s on %s", ",".join(plan.order), len(sources), store, device)
+    log.info("extracting %s from %d video(s) into %s%s", ",".join(plan.order), len(sources), store, f" on {device}" if executor == "local" else "")
     keys = encoder_keys(plan.params) if (device.startswith("cuda") if shared_encoder is None else shared_encoder) else []
     sizing = plan_workers(workers, len(sources), load_costs(), shared_encoder=bool(keys))
     if executor == "local" and sources:
@@ -123,8 +123,10 @@ def extract(
             return Summary(results)
         service = None
         if keys and sources:
+            # On a GPU the encoder process needs a core for copies and kernel launches;
+            # on the CPU it gets a worker's threads, so its passes equal a worker's.
             spare = max(1, available_cores() - sizing.workers * sizing.threads)
-            service = EncoderService(plan.params, device, sizing.workers, threads=spare)
+            service = EncoderService(plan.params, device, sizing.workers, threads=spare if device.startswith("cuda") else sizing.threads)
         try:
             if sizing.workers == 1:
                 if service is not None:

@@ -25,11 +25,11 @@ returns rows in frame order.  A worker that died leaves stale answers on its res
 queue; the request ids make its successor ignore them.  When the encoder process dies,
 waiting workers fail their video with one line, and the parent reports it.
 
-Results equal the in-process encoder's: on the CPU every forward pass has the
-requesting stage's batch size, as in the worker (see :mod:`vidaffect.stages.encoder`),
-so the arrays are identical; on a GPU the passes are larger (``forward_batch`` crops,
-padded to a multiple of :data:`GPU_PAD`) and in half precision, which changes the last
-bits.
+Results equal the in-process encoder's: on the CPU each request is one forward pass,
+exactly the pass the worker would have run (see :mod:`vidaffect.stages.encoder`), so
+the arrays are identical; on a GPU requests are merged into larger passes
+(``forward_batch`` crops, padded to a multiple of :data:`GPU_PAD`) in half precision,
+which changes the last bits.
 """
 
 from __future__ import annotations
@@ -118,8 +118,8 @@ class EncoderService:
         Thread pools of the encoder process (:func:`~vidaffect.util.threads.limit_threads`).
     forward_batch : int or None
         Crops per forward pass, across requests; None: :data:`GPU_FORWARD_BATCH` on a
-        GPU, and on the CPU each request's own batch size (the in-process encoder's
-        passes, so identical arrays).
+        GPU, and on the CPU one pass per request (the worker's own passes, so
+        identical arrays).
 
     Raises
     ------
@@ -328,13 +328,15 @@ def _serve(
         batch = _gather(requests, forward_batch or 1, parent)
         if batch is None:
             return
-        # One group per encoder (and, for exact CPU results, per batch size).
-        groups: dict[tuple[int, int], list[tuple[int, ...]]] = {}
+        groups: dict[int, list[tuple[int, ...]]] = {}  # requests by encoder
         for request in batch:
-            groups.setdefault((request[3], 0 if forward_batch else request[4]), []).append(request)
-        for (key, size), group in groups.items():
+            groups.setdefault(request[3], []).append(request)
+        for key, group in groups.items():
             crops = np.concatenate([views[w][s][0][:n] for w, s, n, *_ in group])
-            features = encoders[key](crops, forward_batch or size, GPU_PAD if forward_batch else size)
+            if forward_batch:
+                features = encoders[key](crops, forward_batch, GPU_PAD)
+            else:  # one request: the pass the worker would have run
+                features = encoders[key](crops, group[0][4])
             at = 0
             for w, s, n, _, _, request_id in group:
                 views[w][s][1][:n] = features[at : at + n]

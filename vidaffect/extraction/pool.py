@@ -115,6 +115,24 @@ def _init_worker(
     _worker_queue = q
 
 
+def start_workers(
+    args: tuple[Path, Plan, str, bool], workers: WorkerPlan, frames: Any, service: EncoderService | None = None
+) -> cf.ProcessPoolExecutor:
+    """A pool of ``workers.workers`` processes, each with ``workers.threads`` threads per
+    pool, holding ``Extractor(*args)`` (and a client of ``service`` when given) and
+    putting frame counts on the queue ``frames``.  Start it inside
+    :func:`~vidaffect.util.threads.worker_environment` (its processes start at the
+    first submissions)."""
+    ctx = mp.get_context("spawn")  # MediaPipe and PyTorch do not survive fork
+    clients, free = None, ctx.Queue()
+    if service is not None:  # queues travel only as arguments of a starting process
+        clients = [service.client(i) for i in range(workers.workers)]
+        for i in range(workers.workers):
+            free.put(i)
+    initargs = (args, workers.threads, frames, logging.getLogger().level, clients, free)
+    return cf.ProcessPoolExecutor(workers.workers, mp_context=ctx, initializer=_init_worker, initargs=initargs)
+
+
 def _work(source: VideoSource) -> VideoResult:
     assert _worker is not None
     return _worker.run(source, on_frames=_worker_queue.put)
@@ -132,18 +150,11 @@ def run_pool(
     threads, each holding ``Extractor(*args)`` (and a client of ``service`` when
     given); ``finished`` gets every result, ``on_frames`` the frame counts as they
     come."""
-    ctx = mp.get_context("spawn")  # MediaPipe and PyTorch do not survive fork
     crashes: dict[VideoSource, int] = {}
     remaining = list(sources)
     while remaining:
-        q = ctx.Queue()  # frame counts from the workers, for the frames/s bar
-        clients, free = None, ctx.Queue()
-        if service is not None:  # queues travel only as arguments of a starting process
-            clients = [service.client(i) for i in range(workers.workers)]
-            for i in range(workers.workers):
-                free.put(i)
-        initargs = (args, workers.threads, q, logging.getLogger().level, clients, free)
-        with worker_environment(workers.threads), cf.ProcessPoolExecutor(workers.workers, mp_context=ctx, initializer=_init_worker, initargs=initargs) as pool:
+        q = mp.get_context("spawn").Queue()  # frame counts from the workers, for the frames/s bar
+        with worker_environment(workers.threads), start_workers(args, workers, q, service) as pool:
             pending = {pool.submit(_work, s): s for s in remaining}
             remaining = []
             while pending:

@@ -164,6 +164,8 @@ def run_ray(
                 source = pending.pop(ref)
                 result = _result(ray, ref, source)
                 result.attempts = max(result.attempts, attempts.get(source.video_id, 1))
+                if result.status == "failed":  # the task's own log stays on its node
+                    log.error("%s: %s", source.path, result.reason)
                 finished(result)
         frames, _ = ray.get(progress.state.remote())
         on_frames(frames - shown)
@@ -188,6 +190,5 @@ def _result(ray: Any, ref: Any, source: VideoSource) -> VideoResult:
     except ray.exceptions.RayError as exc:
         result = VideoResult(str(source.path), source.video_id, "failed", failure_reason(exc))
     result.seconds = time.perf_counter() - started
-    log.error("%s: %s", source.path, result.reason)
     return result
 

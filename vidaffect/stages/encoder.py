@@ -4,10 +4,9 @@ serves both the ``embed`` and the ``evm`` stage (:func:`shared_encoder`); an enc
 in another process can stand in for it (:func:`install_encoder`, see
 :mod:`vidaffect.extraction.encoder_service`).
 
-Every forward pass has the same number of crops (the last chunk is padded with blank
-crops): on the CPU a crop's features depend on the batch size of its pass, never on the
-other crops in it, so features do not depend on how crops were grouped -- within a
-video, across ``--workers``, or through the shared encoder process."""
+On the CPU a crop's features depend on the number of crops in its forward pass (by
+about 1e-4), never on which other crops share it; the shared encoder process therefore
+runs, on the CPU, exactly the passes a worker would run, and its arrays are identical."""
 
 from __future__ import annotations
 
@@ -141,21 +140,19 @@ class Encoder:
         batch_size : int, default 32
             Crops per forward pass.
         pad_to : int or None, default None
-            A last, shorter chunk is padded with blank crops to a multiple of this many
-            crops; None: to ``batch_size``, so that every pass has the same size (see
-            the module docstring).
+            Pad a chunk with blank crops to a multiple of this many crops (few distinct
+            shapes for cuDNN's autotuner); None: no padding.
 
         Returns
         -------
         np.ndarray, shape (N, D), float32
         """
-        pad_to = pad_to or batch_size
         out = np.empty((len(crops), FEATURES), np.float32)
         with torch.inference_mode():
             for start in range(0, len(crops), batch_size):
                 chunk = crops[start : start + batch_size]
                 n = len(chunk)
-                if n % pad_to:
+                if pad_to and n % pad_to:
                     chunk = np.concatenate([chunk, np.zeros((pad_to - n % pad_to, *chunk.shape[1:]), chunk.dtype)])
                 out[start : start + n] = self.forward(self.prepare(chunk))[:n].float().cpu().numpy()
         return out
