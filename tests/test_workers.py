@@ -173,3 +173,8 @@ def test_dry_run_lists_frames_and_stages_to_run_and_estimates_time(media, tmp_pa
     assert forced.videos[0].todo == ["mel"] and forced.costs.source == "measured here"
     out = CliRunner().invoke(main, ["extract", str(media / "a.mp4"), "--stages", "mel", "--store", str(store), "--dry-run", "--force"])
     assert out.exit_code == 0 and "1 to extract (40 frames)" in out.output and "costs: measured here" in out.output
+
+    # pose.every N runs the pose model on 1 frame in N: its cost counts 1/N.
+    pose = [dry_run([media / "b.mp4"], store, stages=["pose"], params={"pose": {"every": n}}, workers=1, device="cpu") for n in (1, 3)]
+    saved = (25 * measured.cpu["pose"] * (1 - 1 / 3)) / measured.efficiency
+    assert pose[0].seconds - pose[1].seconds == pytest.approx(saved)

@@ -60,15 +60,18 @@ class Costs:
     gpu_measured: bool = False
     notes: list[str] = field(default_factory=list)
 
-    def frame_seconds(self, stages: list[str], device: str) -> FrameCost:
-        """Seconds per frame of decoding and ``stages`` with their networks on ``device``."""
+    def frame_seconds(self, stages: list[str], device: str, share: dict[str, float] | None = None) -> FrameCost:
+        """Seconds per frame of decoding and ``stages`` with their networks on ``device``;
+        ``share``: the fraction of frames a stage runs its model on, where below 1
+        (``pose.every``; :meth:`Stage.cost_share`)."""
         on_gpu = device.startswith("cuda")
         cost = FrameCost(serial=self.cpu[DECODE])
+        share = share or {}
         for stage in stages:
             if stage not in self.cpu:
                 cost.unknown.append(stage)
             elif stage not in self.gpu:
-                cost.serial += self.cpu[stage]
+                cost.serial += self.cpu[stage] * share.get(stage, 1.0)
             elif on_gpu:
                 cost.serial += self.cpu_beside_gpu.get(stage, 0.0)
                 cost.gpu += self.gpu[stage]

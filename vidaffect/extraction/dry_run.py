@@ -13,6 +13,7 @@ from vidaffect.extraction.pool import WorkerPlan
 from vidaffect.extraction.summary import failure_reason
 from vidaffect.io.store import completed_stages, store_path
 from vidaffect.io.video import VideoSource, probe
+from vidaffect.stages import registry
 
 
 @dataclass
@@ -104,6 +105,7 @@ def plan_batch(
     """
     videos = [VideoWork(path, "", problem=reason) for path, reason in problems]
     work = FrameCost()
+    share = {name: registry.stage_class(name).cost_share(plan.params[name]) for name in plan.order}
     for source in sources:
         video = VideoWork(str(source.path), source.video_id)
         videos.append(video)
@@ -116,6 +118,6 @@ def plan_batch(
         existing = {} if force else completed_stages(store_path(store, source.video_id), info)
         video.todo = [n for n in plan.order if existing.get(n, ("", ""))[1] != plan.hashes[n]]
         if video.todo:
-            work = work + costs.frame_seconds(video.todo, device) * video.frames
+            work = work + costs.frame_seconds(video.todo, device, share) * video.frames
     seconds = estimate_seconds(costs, work, workers.workers, workers.threads)
     return DryRun(videos, workers, device, seconds, costs, work.unknown)

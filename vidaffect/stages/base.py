@@ -126,6 +126,12 @@ class Stage(abc.ABC):
         model file once instead of in every worker.  Raises SetupError."""
 
     @classmethod
+    def cost_share(cls, params: Any) -> float:
+        """The fraction of its measured per-frame cost the stage spends with ``params``
+        (below 1 when it skips frames), for time estimates."""
+        return 1.0
+
+    @classmethod
     def group_name(cls) -> str:
         return cls.group or cls.name
 
