@@ -19,3 +19,19 @@ def media(tmp_path):
     d = tmp_path / "videos"
     d.mkdir()
     return d
+
+
+@pytest.fixture(scope="session")
+def loud_project(tmp_path_factory):
+    """Made videos whose loudness follows arousal (see media.make_loud_media), with
+    their Mel features extracted: c0-c9 of 200 frames, c10 of 12 and c11 of 20 frames
+    (shorter than a window); annotations of all in all-annotations/."""
+    import numpy as np
+    from media import make_loud_media
+
+    from vidaffect.commands.extract import extract
+
+    root = tmp_path_factory.mktemp("loud")
+    make_loud_media(root, 12, np.random.default_rng(0), n=[200] * 10 + [12, 20])
+    assert extract([root / "videos"], store=root / "features", stages=["mel"], device="cpu").exit_code == 0
+    return root

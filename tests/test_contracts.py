@@ -15,6 +15,7 @@ from vidaffect.bench.media import random_arrays, write_store
 from vidaffect.cli import main
 from vidaffect.errors import ParameterError
 from vidaffect.learn import modalities
+from vidaffect.learn.hyper import resolve_sizes
 from vidaffect.learn.networks import NETWORKS, AffectNet
 from vidaffect.stages import registry
 from vidaffect.stages.base import ModelInput
@@ -33,8 +34,11 @@ def test_modality_table_is_the_stages_declarations():
     assert declared == set(modalities.MODALITIES)
     # what the networks read is what the stores give: every network's inputs are modalities
     for net in NETWORKS:
-        assert set(AffectNet(net).dims.items()) <= set(modalities.DIMS.items())
-    assert modalities.DIMS == {"landmarks": 140, "pose": 36, "embed": 2048, "mel": 128}
+        model = AffectNet(net, "lstm", resolve_sizes())
+        assert set(model.dims.items()) <= set(modalities.DIMS.items())
+        assert set(model.validity.items()) <= set(modalities.VALIDITY_DIMS.items())
+    assert modalities.DIMS == {"landmarks": 140, "mesh": 1434, "face_box": 4, "pose": 36, "embed": 2048, "evm": 2048, "mel": 128, "head": 3, "gaze": 2, "egemaps": 25}
+    assert modalities.VALIDITY_DIMS == {**{m: 1 for m in modalities.DIMS}, "pose": 18}
 
 
 def test_a_new_stage_output_becomes_a_model_input(monkeypatch, tmp_path):
@@ -55,6 +59,7 @@ def test_random_stores_follow_the_stage_schema(tmp_path):
             assert modalities.feature_dim(h5, name) == m.dim
         features, valid = modalities.load_inputs(h5, list(modalities.MODALITIES))
     assert all(np.isfinite(x).all() and v.all() for x, v in zip(features.values(), valid.values(), strict=True))
+    assert {m: v.shape for m, v in valid.items()} == {m: (7, d) for m, d in modalities.VALIDITY_DIMS.items()}
 
 
 @pytest.mark.parametrize(

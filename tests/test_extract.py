@@ -118,6 +118,17 @@ def test_video_without_audio_is_not_an_error(media, tmp_path):
     assert stage_attrs(path, "audio")["note"] == "no audio track"
 
 
+def test_a_silent_track_is_valid_audio_with_a_note(media, tmp_path):
+    make_video(media / "hush.mp4", noise_frames(25), fps=25, audio=np.zeros(22050, np.float32))
+    make_video(media / "quiet.mp4", noise_frames(25), fps=25, audio=tone(1.0, amplitude=0.001))  # -60 dBFS: not silent
+    extract([media], tmp_path / "f", stages=["mel"])
+    hush, quiet = tmp_path / "f" / "hush.h5", tmp_path / "f" / "quiet.h5"
+    assert read(hush, "audio/valid").all()
+    assert stage_attrs(hush, "audio")["note"] == "silent: the audio track stays below -90 dBFS (digital silence, every sample is 0)"
+    assert read(quiet, "audio/valid").all() and "note" not in stage_attrs(quiet, "audio")
+    assert stage_attrs(quiet, "audio")["peak_dbfs"] == pytest.approx(-60, abs=1.5)
+
+
 def test_variable_frame_rate_timestamps_come_from_pts(media, tmp_path):
     times = [0, 0.04, 0.08, 0.2, 0.25, 0.3, 0.5, 0.51, 0.52, 0.6]
     clip = make_video(media / "vfr.mp4", noise_frames(len(times)), timestamps=times)
@@ -319,3 +330,113 @@ def test_workers_log_in_our_format(media, tmp_path):
                           env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert f"ERROR vidaffect.extract: {media / 'empty.mp4'}: empty file (0 bytes)" in proc.stderr
+
+
+# --- one row per decoded frame --------------------------------------------------------
+
+
+def test_timestamp_repair_keeps_every_frame_and_spreads_the_bad_ones():
+    from vidaffect.io.video import TimestampRepair
+
+    repair = TimestampRepair(step=0.04)
+    pts = [0.0, 0.04, 0.04, None, 0.16, 0.2, 0.1, 0.28]  # a repeat, a missing pts, one going back
+    out = [o for i, t in enumerate(pts) for o in repair.push(t, i)] + repair.flush()
+    assert [item for _, _, item in out] == list(range(len(pts)))  # every frame, in order
+    times = [t for t, _, _ in out]
+    np.testing.assert_allclose(times, [0, 0.04, 0.08, 0.12, 0.16, 0.2, 0.24, 0.28])
+    assert [r for _, r, _ in out] == [False, False, True, True, False, False, True, False]
+    assert repair.repaired == 3
+
+
+def test_timestamp_repair_without_any_usable_pts_counts_on():
+    from vidaffect.io.video import TimestampRepair
+
+    repair = TimestampRepair(step=0.5, lookahead=2)
+    out = [o for i in range(5) for o in repair.push(None, i)] + repair.flush()
+    assert [t for t, _, _ in out] == [0.0, 0.5, 1.0, 1.5, 2.0] and all(r for _, r, _ in out)
+
+
+def mkv_with_repeated_pts(path, frames, repeated):
+    """An MKV (MPEG-4 part 2, no B-frames) whose frame ``repeated`` carries the same pts
+    as the frame before it, as some muxers write."""
+    import av
+
+    with av.open(str(path), "w", format="matroska") as out:
+        stream = out.add_stream("mpeg4", rate=25)
+        stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
+        packets = []
+        for i, image in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts = i
+            packets += stream.encode(frame)
+        packets += stream.encode()
+        for packet in packets:
+            if packet.pts == repeated:
+                packet.pts = packet.dts = repeated - 1
+            out.mux(packet)
+    return path
+
+
+def test_a_repeated_pts_keeps_its_row_and_is_flagged(media, tmp_path):
+    import av
+
+    frames = noise_frames(12)
+    clip = mkv_with_repeated_pts(media / "dup.mkv", frames, repeated=5)
+    with av.open(str(clip)) as container:  # what FFmpeg itself decodes
+        pts = [f.pts for f in container.decode(video=0)]
+    assert len(pts) == 12 and pts[5] == pts[4], "the made file must carry the repeated pts"
+    extract([clip], tmp_path / "f", stages=["mel"])
+    path = tmp_path / "f" / "dup.h5"
+    ts, repaired = read(path, "frames/timestamp"), read(path, "frames/repaired")
+    assert len(ts) == 12  # one row per decoded frame: annotation line k is row k
+    assert (np.diff(ts) > 0).all()
+    assert repaired.tolist() == [i == 5 for i in range(12)]
+    np.testing.assert_allclose(ts[[4, 5, 6]], [0.16, 0.20, 0.24], atol=1e-3)  # spread between its neighbours
+    with h5py.File(path) as h5:
+        assert h5.attrs["timestamps_repaired"] == 1 and h5.attrs["frame_count"] == 12
+        assert h5.attrs["fps"] == pytest.approx(25, rel=1e-3)
+
+
+# --- one store per source video ---------------------------------------------------------
+
+
+def test_a_sub_folder_or_the_file_reuses_the_store_of_the_whole_folder(media, tmp_path):
+    make_video(media / "test" / "t00.mp4", noise_frames(8), audio=tone(0.4))
+    make_video(media / "train" / "a.mp4", noise_frames(9, seed=3), audio=tone(0.4))
+    store = tmp_path / "f"
+    assert [r.status for r in extract([media], store, stages=["mel"]).results] == ["done", "done"]
+    for again in ([media / "test"], [media / "test" / "t00.mp4"], [media / "test" / ".." / "test"]):
+        results = extract(again, store, stages=["mel"]).results
+        assert [(r.video_id, r.status) for r in results] == [("test/t00", "skipped")]
+    assert sorted(p.relative_to(store).as_posix() for p in store.rglob("*.h5")) == ["test/t00.h5", "train/a.h5"]
+    with h5py.File(store / "test" / "t00.h5") as h5:
+        assert h5.attrs["path"] == str((media / "test" / "t00.mp4").resolve())
+
+
+def test_a_file_given_twice_is_extracted_once(media, tmp_path):
+    clip = make_video(media / "c.mp4", noise_frames(6), audio=tone(0.3))
+    (tmp_path / "link.mp4").symlink_to(clip)
+    sources, problems = find_videos([media, clip, tmp_path / "link.mp4"])
+    assert [s.video_id for s in sources] == ["c"] and not problems
+
+
+def test_another_file_with_the_same_id_does_not_overwrite_a_store(media, tmp_path):
+    first = make_video(media / "a" / "clip.mp4", noise_frames(6), audio=tone(0.3))
+    other = make_video(media / "b" / "clip.mp4", noise_frames(7, seed=2), audio=tone(0.3))
+    store = tmp_path / "f"
+    extract([first], store, stages=["mel"])
+    result = extract([other], store, stages=["mel"]).results[0]
+    assert result.status == "failed" and "is taken" in result.reason and str(first.resolve()) in result.reason
+    assert read(store / "clip.h5", "frames/timestamp").shape == (6,)
+
+
+def test_a_moved_video_keeps_its_store(media, tmp_path):
+    clip = make_video(media / "old" / "clip.mp4", noise_frames(6), audio=tone(0.3))
+    store = tmp_path / "f"
+    extract([clip], store, stages=["mel"])
+    moved = media / "new" / "clip.mp4"
+    moved.parent.mkdir()
+    clip.rename(moved)  # keeps size and modification time
+    assert extract([moved], store, stages=["mel"]).results[0].status == "skipped"
+    with h5py.File(store / "clip.h5") as h5:
+        assert h5.attrs["path"] == str(moved.resolve())

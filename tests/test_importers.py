@@ -2,6 +2,7 @@
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import h5py
@@ -12,10 +13,13 @@ from media import make_video, noise_frames
 
 from vidaffect.cli import main
 from vidaffect.commands.extract import extract
+from vidaffect.io.video import VideoInfo
+from vidaffect.stages.base import Batch
 from vidaffect.stages.face import FaceParams, FaceStage
 from vidaffect.stages.layouts import BODY25_TO_COCO18
 from vidaffect.stages.openface import read_openface
 from vidaffect.stages.openpose import read_openpose
+from vidaffect.stages.pose import PoseParams, PoseStage
 
 DATA = Path(__file__).parent / "data"
 # A real 68-point face layout (pixels) to build rows from.
@@ -200,27 +204,68 @@ def body(n, origin, scale=1.0, confidence=0.8):
     return np.stack([origin[0] + scale * k, origin[1] + 2 * scale * k, np.full(n, confidence)], 1)
 
 
-def test_openpose_coco18_keeps_following_one_person(tmp_path):
+def pose_run(folder, n, size=(640, 480), match="auto"):
+    """The pose stage's run over an OpenPose import folder for an ``n``-frame video."""
+    params = PoseParams(backend="openpose", import_dir=str(folder.parent))
+    info = VideoInfo(str(folder) + ".mp4", folder.name, 0, 0.0, *size, 25.0, n, n / 25, 0, "h264", False,
+                     decoded_timestamps=np.arange(n) / 25)  # fmt: skip
+    return PoseStage(params).open(info, folder.parent / "x.h5")
+
+
+def run_frames(run, n, faces=None):
+    """Rows for frames 0..n-1, with the tracked face's box per frame (None: no face)."""
+    inputs = {}
+    if faces is not None:
+        inputs = {"face/bbox": np.array([f if f is not None else [np.nan] * 4 for f in faces], np.float32),
+                  "face/valid": np.array([f is not None for f in faces])}  # fmt: skip
+    return run.process(Batch(0, np.arange(n) / 25, np.empty((n, 0, 0, 3), np.uint8), inputs))
+
+
+def test_openpose_without_a_face_keeps_following_one_person(tmp_path):
     small_then_big = [body(18, (400, 50), scale=2 + 4 * f) for f in range(3)]
     followed = [body(18, (100 + 3 * f, 50), scale=5) for f in range(3)]
     followed[1][4] = (0, 0, 0)  # OpenPose did not find this wrist
     frames = {f: [person(pose=small_then_big[f]), person(pose=followed[f])] for f in range(3)}
-    imported = read_openpose(write_openpose(tmp_path / "walk", frames), "pose")
-    assert imported.frames.tolist() == [0, 1, 2]
-    kp = imported.rows["keypoints"]
-    assert imported.rows["valid"].all()
+    rows = run_frames(pose_run(write_openpose(tmp_path / "walk", frames), 3), 3)
+    assert rows["valid"].all()
     for f in range(3):
         expected = followed[f].copy()
         if f == 1:
             expected[4] = (np.nan, np.nan, 0)
-        np.testing.assert_allclose(kp[f], expected, atol=1e-4)
+        np.testing.assert_allclose(rows["keypoints"][f], expected, atol=1e-4)
+
+
+def body_with_nose_at(nose, confidence=0.8):
+    kp = body(18, (nose[0] - 40, nose[1] + 60), scale=4, confidence=confidence)
+    kp[0, :2] = nose
+    return kp
+
+
+def test_openpose_takes_the_person_of_the_tracked_face_with_the_keypoint_rules(tmp_path):
+    # A big, confident person on the left and the tracked face's person on the right.
+    other = body_with_nose_at((150, 100), confidence=0.95)
+    tracked = body_with_nose_at((450, 120))
+    tracked[4] = (700, 300, 0.9)  # a wrist beyond the 640 px frame: not there
+    tracked[6] = (400, 300, 0.3)  # an elbow below the confidence threshold: not there
+    folder = write_openpose(tmp_path / "two", {f: [person(pose=other * (1, 1, 1)), person(pose=tracked)] for f in range(3)})
+    face = np.array([420.0, 90, 60, 60])  # the face stage's box around the right person's nose
+    rows = run_frames(pose_run(folder, 3), 3, faces=[face, face, None])
+    assert rows["valid"].tolist() == [True, True, True]
+    expected = tracked.copy()
+    expected[[4, 6]] = (np.nan, np.nan, 0)
+    for f in range(3):  # frame 2 has no face: the person followed so far is kept
+        np.testing.assert_allclose(rows["keypoints"][f], expected, atol=1e-4)
+
+    run = pose_run(folder, 1)
+    elsewhere = run_frames(run, 1, faces=[np.array([10.0, 400, 40, 40])])  # a face where nobody's head is
+    assert not elsewhere["valid"].any() and run.attrs["frames_not_tracked_face"] == 1
 
 
 def test_openpose_body25_is_mapped_to_coco18(tmp_path):
     b25 = body(25, (10, 20))
     b25[:, 0] = np.arange(25) + 100  # x tells the BODY_25 index
     imported = read_openpose(write_openpose(tmp_path / "b25", {0: [person(pose=b25)]}), "pose")
-    coco = imported.rows["keypoints"][0]
+    coco = imported.people[0][0]
     assert (coco[:, 0] - 100).astype(int).tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18]
     assert list(BODY25_TO_COCO18) == (coco[:, 0] - 100).astype(int).tolist()
 
@@ -228,10 +273,10 @@ def test_openpose_body25_is_mapped_to_coco18(tmp_path):
 def test_openpose_face_keypoints_and_gaps_through_the_engine(media, tmp_path, caplog):
     face70 = np.vstack([np.c_[FACE68, np.full(68, 0.7)], [[*RIGHT_EYE, 0.5], [*LEFT_EYE, 0.5]]])
     other = face70 + (250, 0, 0)
-    frames = {0: [person(pose=body(18, (0, 0)), face=face70), person(face=other)], 1: [person(face=face70)], 3: []}
+    frames = {0: [person(pose=body_with_nose_at(FACE68[30]), face=face70), person(face=other)], 1: [person(face=face70)], 3: []}
     imports = tmp_path / "op"
     write_openpose(imports / "gap", frames)
-    video = clip(media, "gap", 4)
+    video = make_video(media / "gap.mp4", noise_frames(4, 480, 640), fps=25)
     params = {name: {"backend": "openpose", "import_dir": str(imports)} for name in ("face", "pose")}
     with caplog.at_level(logging.WARNING, logger="vidaffect.importers"):
         summary = extract([video], tmp_path / "f", stages=["face", "pose"], params=params)
@@ -244,6 +289,88 @@ def test_openpose_face_keypoints_and_gaps_through_the_engine(media, tmp_path, ca
     np.testing.assert_allclose(face["score"][:2], (68 * 0.7 + 2 * 0.5) / 70, rtol=1e-5)
     assert pose["valid"].tolist() == [True, False, False, False]
     assert "has 3 frames, the decoded video 4" in pose_attrs["note"]
+
+
+def test_openpose_numbered_from_an_offset_and_without_the_keypoints_suffix(media, tmp_path):
+    imports = tmp_path / "op"
+    folder = imports / "late"
+    folder.mkdir(parents=True)
+    for k in range(6):  # --frame_first 100 on the longer video this clip was cut from
+        kp = body_with_nose_at((300 + 10 * k, 100))
+        (folder / f"frame{100 + k:06d}.json").write_text(json.dumps({"people": [person(pose=kp)]}))
+    video = make_video(media / "late.mp4", noise_frames(6, 480, 640), fps=25)
+    params = {"pose": {"backend": "openpose", "import_dir": str(imports)}}
+    summary = extract([video], tmp_path / "f", stages=["pose"], params=params)
+    assert summary.results[0].status == "done", summary.report()
+    pose, attrs = read_group(tmp_path / "f" / "late.h5", "pose")
+    assert pose["valid"].all() and attrs["import_offset"] == 100
+    np.testing.assert_allclose(pose["keypoints"][:, 0, 0], 300 + 10 * np.arange(6))  # frame k took file k+100
+    assert "numbered from 100" in attrs["note"]
+
+    (folder / "frame000106.json").write_text(json.dumps({"people": []}))  # 7 files for 6 frames: no offset fits
+    result = extract([video], tmp_path / "f", stages=["pose"], params=params).results[0]
+    assert result.status == "failed"
+    assert "pose: " in result.reason and "numbered 100..106 match only 0 of the 6 decoded frames" in result.reason
+
+
+def test_a_failed_face_import_leaves_pose_stored(media, tmp_path):
+    imports = tmp_path / "op"
+    write_openpose(imports / "noface", {k: [person(pose=body_with_nose_at((300, 100)))] for k in range(3)})  # run without --face
+    video = make_video(media / "noface.mp4", noise_frames(3, 480, 640), fps=25)
+    args = ["-q", "extract", str(video), "--store", str(tmp_path / "f"), "--stages", "face,pose"]
+    for stage in ("face", "pose"):
+        args += ["--set", f"{stage}.backend=openpose", "--set", f"{stage}.import_dir={imports}"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1
+    assert "face: " in result.output and "--face" in result.output and "(pose stored)" in result.output
+    with h5py.File(tmp_path / "f" / "noface.h5") as h5:
+        assert "face" not in h5
+        assert h5["pose/valid"][()].all()
+        assert "made without face" in h5["pose"].attrs["note"]
+    result = CliRunner().invoke(main, args)
+    assert "0 done, 0 skipped (up to date), 1 failed" in result.output  # pose is redone with the face, which fails again
+
+
+def test_edited_imports_rerun_and_the_folder_is_stored_resolved(media, tmp_path, monkeypatch):
+    imports = tmp_path / "of"
+    imports.mkdir()
+    csv_file = openface_csv(imports / "edit.csv", [face_row(f, np.zeros(2)) for f in (1, 2, 3)])
+    video = clip(media, "edit", 3)
+    store = tmp_path / "f"
+
+    def run(import_dir):
+        params = {"face": {"backend": "openface", "import_dir": str(import_dir)}}
+        return extract([video], store, stages=["face"], params=params).results[0].status
+
+    assert run(imports) == "done"
+    monkeypatch.chdir(tmp_path)
+    assert run("of") == "skipped"  # the same folder typed differently
+    assert run(Path("of") / ".." / "of") == "skipped"
+    openface_csv(csv_file, [face_row(f, np.array([5.0, 0.0])) for f in (1, 2, 3)])
+    os.utime(csv_file, (1e9, 1e9))
+    assert run(imports) == "done"
+    face, attrs = read_group(store / "edit.h5", "face")
+    np.testing.assert_allclose(face["landmarks"][0, 0], FACE68[0] + (5, 0), atol=1e-4)
+    assert attrs["params"].count(str(imports.resolve())) == 1
+
+
+def test_timestamps_that_are_not_video_time_fail_instead_of_matching_a_few_frames(media, tmp_path):
+    # An OpenFace CSV of an image sequence: rows 1 ms apart, one row more than the video.
+    imports = tmp_path / "of"
+    imports.mkdir()
+    rows = [face_row(f, np.zeros(2), fps=1000.0) for f in range(1, 12)]
+    openface_csv(imports / "seq.csv", rows)
+    video = clip(media, "seq", 10)
+
+    def run(match):
+        params = {"face": {"backend": "openface", "import_dir": str(imports), "import_match": match}}
+        return extract([video], tmp_path / "f", stages=["face"], params=params, force=True).results[0]
+
+    result = run("timestamp")
+    assert result.status == "failed" and "match only 1 of the 10 decoded frames" in result.reason
+    assert run("auto").status == "done"  # auto counts frames: frame k takes row k
+    face, attrs = read_group(tmp_path / "f" / "seq.h5", "face")
+    assert face["valid"].all() and attrs["import_match"] == "index"
 
 
 def test_openpose_errors_name_the_file(tmp_path):

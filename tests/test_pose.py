@@ -11,6 +11,7 @@ from media import astronaut_frame, make_video
 from vidaffect.commands.extract import extract
 from vidaffect.io.video import VideoInfo
 from vidaffect.stages.base import Batch
+from vidaffect.stages.body import present_keypoints
 from vidaffect.stages.layouts import COCO18_NAMES, pose33_to_coco18
 from vidaffect.stages.pose import PoseParams, PoseStage
 
@@ -102,6 +103,127 @@ def test_bad_parameters_and_missing_model_are_explained(monkeypatch):
         stage.open(info, Path("m.h5"))
 
 
+# --- only what is there -------------------------------------------------------------
+
+
+def horse_title_card() -> np.ndarray:
+    """A title card: a horse silhouette logo (scikit-image's) and a title, no person.
+    MediaPipe pose finds a 'body' with a visible face in it."""
+    import cv2
+    from skimage import data
+
+    horse = ~data.horse()  # True on the horse
+    scale = 240 / horse.shape[0]
+    mask = cv2.resize(horse.astype(np.uint8), None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST).astype(bool)
+    card = np.full((360, 640, 3), 128, np.uint8)
+    card[60 : 60 + mask.shape[0], 200 : 200 + mask.shape[1]][mask] = (40, 40, 40)
+    cv2.putText(card, "STABLE FILMS", (150, 345), cv2.FONT_HERSHEY_DUPLEX, 1.4, (230, 230, 230), 3, cv2.LINE_AA)
+    return card
+
+
+def test_a_title_card_has_no_person(media, tmp_path):
+    from vidaffect.stages.mediapipe_solutions import mediapipe_solution
+
+    card = horse_title_card()
+    clip = make_video(media / "title.mp4", [card] * 8)
+    raw = mediapipe_solution("pose.Pose", static_image_mode=False, model_complexity=1)
+    try:
+        # What MediaPipe alone says: a confident body with a face, where there is none.
+        found = [raw.process(card).pose_landmarks for _ in range(3)]
+    finally:
+        raw.close()
+    assert all(f is not None for f in found), "the card no longer fools MediaPipe: the test would prove nothing"
+    assert min(found[-1].landmark[i].visibility for i in (0, 2, 5)) > 0.5  # nose and both eyes
+    summary = extract([clip], tmp_path / "f", stages=["face", "pose"])
+    assert summary.exit_code == 0, summary.report()
+    with h5py.File(tmp_path / "f" / "title.h5") as h5:
+        assert not h5["pose/valid"][()].any()
+        assert np.isnan(h5["pose/keypoints"][()]).all()  # a frame without a person is NaN throughout
+        assert h5["pose"].attrs["frames_without_face"] == 8
+        assert "8 frame(s) with a body showing a face where no face was found" in h5["pose"].attrs["note"]
+
+
+def close_up() -> np.ndarray:
+    """The astronaut's face filling a 640x360 frame: the body is out of the picture."""
+    import cv2
+    from skimage import data
+
+    x, y, w, h = ASTRONAUT_FACE
+    cx, cy = x + w / 2, y + h / 2
+    half_h = 0.8 * h
+    half_w = half_h * 16 / 9
+    crop = data.astronaut()[int(cy - half_h) : int(cy + half_h), int(cx - half_w) : int(cx + half_w)]
+    return cv2.resize(crop, (640, 360), interpolation=cv2.INTER_LINEAR)
+
+
+def test_a_close_up_reports_the_head_and_no_made_up_body(media, tmp_path):
+    from vidaffect.stages.mediapipe_solutions import mediapipe_solution
+
+    frame = close_up()
+    pose = mediapipe_solution("pose.Pose", static_image_mode=False, model_complexity=1)
+    try:
+        result = [pose.process(frame) for _ in range(2)][-1]
+    finally:
+        pose.close()
+    ys = np.array([lm.y for lm in result.pose_landmarks.landmark])
+    assert ys.max() > 1.5, "MediaPipe extrapolates a body below the close-up"
+
+    clip = make_video(media / "close.mp4", [frame] * 6)
+    assert extract([clip], tmp_path / "f", stages=["face", "pose"]).exit_code == 0
+    with h5py.File(tmp_path / "f" / "close.h5") as h5:
+        kp, valid = h5["pose/keypoints"][()], h5["pose/valid"][()]
+        assert h5["face/valid"][()].all()
+    assert valid.all()
+    present = np.isfinite(kp[..., 0])
+    for name in ("nose", "right_eye", "left_eye"):
+        assert present[:, K[name]].all(), name
+    for name in ("right_hip", "left_hip", "right_knee", "left_knee", "right_ankle", "left_ankle", "right_wrist", "left_wrist"):
+        assert not present[:, K[name]].any(), name
+        assert (kp[:, K[name], 2] == 0).all()
+    x, y, c = kp[present].T
+    assert (c >= 0.5).all()
+    assert (x >= -6.4).all() and (x <= 646.4).all() and (y >= -3.6).all() and (y <= 363.6).all()  # 1 % margin
+
+
+def two_people() -> tuple[np.ndarray, list[np.ndarray]]:
+    """Two astronauts side by side (0.6 scale) and their face boxes (x, y, w, h)."""
+    photo = astronaut_frame((512, 512))
+    import cv2
+
+    small = cv2.resize(photo, None, fx=0.6, fy=0.6, interpolation=cv2.INTER_AREA)
+    frame = np.full((360, 720, 3), 128, np.uint8)
+    boxes = []
+    for ox in (20, 400):
+        frame[20 : 20 + small.shape[0], ox : ox + small.shape[1]] = small[: 340]
+        x, y, w, h = ASTRONAUT_FACE
+        boxes.append(np.array([ox + 0.6 * x, 20 + 0.6 * y, 0.6 * w, 0.6 * h], np.float32))
+    return frame, boxes
+
+
+def test_pose_follows_the_tracked_face(stage):
+    frame, boxes = two_people()
+    for box in boxes:
+        frames = np.stack([frame] * 4)
+        info = VideoInfo("m.mp4", "m", 0, 0.0, 720, 360, 25.0, 4, 0.16, 0, "h264", False)
+        run = stage.open(info, Path("m.h5"))
+        inputs = {"face/bbox": np.tile(box, (4, 1)), "face/valid": np.ones(4, bool)}
+        rows = run.process(Batch(0, np.arange(4) / 25.0, frames, inputs))
+        assert rows["valid"].all()
+        x, y, w, h = box
+        nose = rows["keypoints"][:, K["nose"], :2]
+        assert ((nose[:, 0] > x) & (nose[:, 0] < x + w) & (nose[:, 1] > y) & (nose[:, 1] < y + h)).all()
+        assert run.attrs["frames_not_tracked_face"] == 0
+
+
+def test_keypoint_rules():
+    p = PoseParams()
+    kp = np.array([[10, 10, 0.9], [10, 10, 0.49], [-5, 10, 0.9], [-7, 10, 0.9], [50, 104, 0.8], [np.nan, np.nan, 0]], np.float32)
+    kept = present_keypoints(np.vstack([kp, np.zeros((12, 3), np.float32)]), (0, 0, 640, 360), p.min_keypoint_confidence, p.outside_margin)[: len(kp)]
+    # confident and inside; below the threshold; 5 px outside (within 1 % of 640); 7 px outside; inside; missing
+    assert np.isfinite(kept[:, 0]).tolist() == [True, False, True, False, True, False]
+    assert kept[~np.isfinite(kept[:, 0]), 2].tolist() == [0, 0, 0]
+
+
 def run_batches(stage, frames, sizes):
     """Rows of ``frames`` fed in batches of ``sizes`` (then finish()), and how many times
     the model ran."""
@@ -126,7 +248,7 @@ def test_every_n_frames_runs_the_model_on_keyframes_and_interpolates_between():
     rows1, calls1 = run_batches(every1, frames, [4, 6])
     every1.close()
     assert calls1 == 10 and rows1["valid"].all() and not rows1["interpolated"].any()
-    # every=1 is the plain MediaPipe solution, frame after frame, as before the option.
+    # every=1 is the plain MediaPipe solution, frame after frame, with the keypoint rules.
     from vidaffect.stages.mediapipe_solutions import mediapipe_solution
 
     p = PoseParams()
@@ -135,7 +257,8 @@ def test_every_n_frames_runs_the_model_on_keyframes_and_interpolates_between():
                              min_tracking_confidence=p.min_tracking_confidence)  # fmt: skip
     for t, image in enumerate(frames):
         lm = raw.process(image).pose_landmarks.landmark
-        expected = pose33_to_coco18(np.array([(q.x * 640, q.y * 360, q.visibility) for q in lm], np.float32))
+        body = pose33_to_coco18(np.array([(q.x * 640, q.y * 360, q.visibility) for q in lm], np.float32))
+        expected = present_keypoints(body, (0, 0, 640, 360), p.min_keypoint_confidence, p.outside_margin)
         np.testing.assert_allclose(rows1["keypoints"][t], expected, rtol=1e-5, atol=1e-3)
     raw.close()
 

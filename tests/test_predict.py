@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from media import astronaut_frame, make_video, noise_frames, tone
+from media import astronaut_frame, make_video, noise_frames, tone, write_annotation
 
 from vidaffect.bench.media import random_arrays, write_store
 from vidaffect.cli import main
@@ -22,8 +22,7 @@ from vidaffect.commands.train import train
 from vidaffect.io.annotations import read_annotation
 from vidaffect.io.predictions import COLUMNS, CsvWriter, read_predictions
 from vidaffect.learn.checkpoint import load_model
-from vidaffect.learn.inference import predict_windows
-from vidaffect.learn.modalities import load_inputs
+from vidaffect.learn.inference import predict_video
 from vidaffect.learn.runs import find_best as find_model
 
 FPS = 25
@@ -37,13 +36,6 @@ def one_thread():
     torch.set_num_threads(1)  # tiny models: threads only fight over the shared cores
     yield
     torch.set_num_threads(threads)
-
-
-def write_annotation(path, labels, unannotated=()):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rows = labels.copy()
-    rows[list(unannotated)] = -5
-    np.savetxt(path, rows, delimiter=",", header="valence,arousal", comments="", fmt="%.4f")
 
 
 @pytest.fixture(scope="module")
@@ -74,14 +66,6 @@ def read_rows(path):
         return list(reader)
 
 
-def whole_video(loaded, store):
-    """The network run over a whole store in one call."""
-    with h5py.File(store) as h5:
-        features, _ = load_inputs(h5, loaded.modalities)
-    with torch.no_grad():
-        return loaded.model(loaded.prepare(features))[0][0].numpy()
-
-
 def test_csv_has_one_ordered_row_per_decoded_frame(project, monkeypatch):
     monkeypatch.chdir(project)  # the newest runs/*/best.ckpt is found from here
     summary = predict(["videos"], out="results.csv", device="cpu")
@@ -100,28 +84,10 @@ def test_csv_has_one_ordered_row_per_decoded_frame(project, monkeypatch):
         assert np.abs(values).max() <= 1
         assert all(len(r[2].split(".")[1]) == 6 and len(r[3].split(".")[1]) == 6 for r in mine)  # fixed decimals
         # the written values are the network's output on that video (to the six decimals)
-        np.testing.assert_allclose(values, whole_video(loaded, project / "features" / f"{vid}.h5"), atol=2e-6)
+        np.testing.assert_allclose(values, predict_video(loaded, project / "features" / f"{vid}.h5"), atol=2e-6)
         assert all(r[5] == "" for r in mine)  # Mel-only stores know nothing about faces
     silent = np.array([[float(r[3]), float(r[4])] for r in rows if r[0] == "silent"])
     assert np.isfinite(silent).all()  # no audio at all: still one prediction per frame
-
-
-@pytest.mark.parametrize("window", [1, 7, 64, 10_000])
-def test_windows_leave_no_seams(project, window):
-    loaded = load_model(project / "runs" / "audio" / "best.ckpt")
-    store = project / "features" / "sub" / "c3.h5"
-    whole = whole_video(loaded, store)
-    with h5py.File(store) as h5:
-        parts = list(predict_windows(loaded, h5, window))
-    assert [start for start, _ in parts] == list(range(0, LENGTHS["sub/c3"], window))
-    assert all(len(p) == min(window, LENGTHS["sub/c3"] - s) for s, p in parts)
-    np.testing.assert_allclose(np.concatenate([p for _, p in parts]), whole, atol=1e-5)
-    # without the carried state the windows would differ: the test can tell
-    if window == 7:
-        with h5py.File(store) as h5, torch.no_grad():
-            features, _ = load_inputs(h5, loaded.modalities, 7, 14)
-            fresh = loaded.model(loaded.prepare(features))[0][0].numpy()
-        assert np.abs(fresh - whole[7:14]).max() > 1e-4
 
 
 def test_affwild2_files_read_back(project, tmp_path):
@@ -155,7 +121,7 @@ def test_store_with_other_parameters_is_recomputed_to_match_the_model(project, t
         assert h5["audio"].attrs["params_hash"] == loaded.provenance["mel"]["params_hash"]
         assert h5["audio/mel"].shape == (LENGTHS["c1"], 128)
     values = read_predictions(tmp_path / "r.csv")["c1"].values
-    np.testing.assert_allclose(values, whole_video(loaded, project / "features" / "c1.h5"), atol=2e-6)
+    np.testing.assert_allclose(values, predict_video(loaded, project / "features" / "c1.h5"), atol=2e-6)
 
 
 def test_bad_inputs_are_listed_and_the_batch_goes_on(project, tmp_path, media):
@@ -237,3 +203,13 @@ def test_full_network_face_column_and_random_encoder_warning(tmp_path, media, ca
     assert valid[:5].all() and not valid[5:9].any()  # the test media has frames with and without a face
     values = np.array([[float(r[3]), float(r[4])] for r in rows])
     assert np.isfinite(values).all() and np.abs(values).max() <= 1
+
+
+def test_predicting_a_sub_folder_reuses_the_stores_of_the_whole_folder(project, tmp_path):
+    before = sorted(p.relative_to(project / "features").as_posix() for p in (project / "features").rglob("*.h5"))
+    ckpt = project / "runs" / "audio" / "best.ckpt"
+    summary = predict([project / "videos" / "sub"], out=tmp_path / "r.csv", model=ckpt, store=project / "features", device="cpu")
+    assert summary.exit_code == 0 and summary.extracted == 0 and summary.cached == 1, summary.report()
+    assert {r[0] for r in read_rows(tmp_path / "r.csv")} == {"sub/c3"}  # the id the store has
+    after = sorted(p.relative_to(project / "features").as_posix() for p in (project / "features").rglob("*.h5"))
+    assert after == before  # no second store (c3.h5) of the same video

@@ -48,7 +48,19 @@ class LazyChoice(click.Choice):
 def _networks() -> list[str]:
     from vidaffect.learn.networks import NETWORKS
 
-    return sorted(NETWORKS)
+    return list(NETWORKS)
+
+
+def _audio_features() -> list[str]:
+    from vidaffect.learn.networks import AUDIO_FEATURES
+
+    return list(AUDIO_FEATURES)
+
+
+def _heads() -> list[str]:
+    from vidaffect.learn.heads import HEADS
+
+    return list(HEADS)
 
 
 def _losses() -> list[str]:
@@ -205,6 +217,8 @@ def info(target: Path | None, recipe: str | None) -> None:
 
 @main.command()
 @click.option("--net", type=LazyChoice(_networks), help="Network to train (the README's network table says what each reads)." + recipe_default("net"))
+@click.option("--head", type=LazyChoice(_heads), help="Temporal head over each window; auto = the network's own (lstm for full, without-mel, audio, pose; transformer for the *-transformer nets)." + recipe_default("head"))
+@click.option("--audio-features", type=LazyChoice(_audio_features), help="What the network's audio input reads: mel (log-Mel, thesis), egemaps (openSMILE eGeMAPSv02 LLDs; extract stage egemaps, pip install vidaffect[egemaps]) or both." + recipe_default("audio_features"))
 @click.option("--loss", type=LazyChoice(_losses), help="Training loss." + recipe_default("loss"))
 @click.option("--store", default="features", show_default=True, type=click.Path(path_type=Path), help="Feature store folder.")
 @click.option("--annotations", default="annotations", show_default=True, type=click.Path(path_type=Path), help="Folder of per-video annotation files (<video-id>.txt Aff-Wild2 style, or .csv).")
@@ -212,36 +226,44 @@ def info(target: Path | None, recipe: str | None) -> None:
 @click.option("--val-split", type=click.FloatRange(0, 1, max_open=True), help="Fraction of videos held out for validation." + recipe_default("val_split"))
 @click.option("--folds", type=click.IntRange(2), help="K-fold cross-validation by video: one run per fold and a summary.")
 @click.option("--groups", type=click.Path(exists=True, path_type=Path), help="CSV video,subject: split by subject instead of by video.")
-@click.option("--seq-len", type=click.IntRange(1), help="Frames per training window." + recipe_default("seq_len"))
+@click.option("--seq-len", type=click.IntRange(1), help="Frames per window: training windows, and the half-overlapping windows predict blends." + recipe_default("seq_len"))
 @click.option("--batch-size", type=click.IntRange(1), help="Windows per batch." + recipe_default("batch_size"))
 @click.option("--epochs", type=click.IntRange(1), help="Maximum epochs." + recipe_default("epochs"))
 @click.option("--lr", type=click.FloatRange(0, min_open=True), help="Learning rate." + recipe_default("lr"))
 @click.option("--out", type=click.Path(path_type=Path), help="Run folder.  [default: ./runs/<net>-<loss>-<time>]")
-@click.option("--recipe", help="Built-in recipe name or YAML file (its train: section gives the defaults).")
+@click.option("--recipe", help="Built-in recipe name (thesis, thesis-transformer) or YAML file; its train: and model: sections give the defaults.")
 @click.option("--device", default="auto", show_default=True, type=DEVICE)
+@click.option("--devices", type=click.IntRange(1), help="Processes on this node, trained data-parallel (DDP): GPUs with --device cuda, processes sharing the cores (gloo) with --device cpu; --batch-size is per process.  [default: 1 on CPU, every visible GPU on CUDA]")
+@click.option("--num-nodes", default=1, show_default=True, type=click.IntRange(1), help="Machines, each running this command with --devices processes; needs MASTER_ADDR, MASTER_PORT and NODE_RANK set on each, or torchrun/srun (README: several GPUs and nodes).")
 @click.option("--seed", type=int, help="Random seed; makes a CPU run repeatable.")
 @click.option("--resume", type=click.Path(exists=True, file_okay=False, path_type=Path), help="Continue an interrupted run (its folder) from last.ckpt with its own configuration; --epochs may raise the limit.")
-@click.option("--workers", type=click.IntRange(0), help="DataLoader processes reading the stores (0 = main process).  [default: 0 on CPU, 4 on GPU]")
+@click.option("--workers", type=click.IntRange(0), help="DataLoader processes reading the stores (0 = main process), per training process.  [default: 0 on CPU, 4 on GPU]")
 @handle_errors
 def train(**options: Any) -> None:
     """Train a network on the feature stores and annotations.
 
     Leaves runs/<name>/ with config.yaml, metrics.csv (every loss and CCC/PCC/RMSE/SAGR
-    per epoch, train and validation), best.ckpt and last.ckpt.
+    per epoch, train and validation), best.ckpt and last.ckpt.  With several processes
+    (--devices, --num-nodes) the first one alone validates and writes them.
     """
     from vidaffect.commands.train import resume
     from vidaffect.commands.train import train as run_train
+    from vidaffect.learn.loop import is_main_process
 
+    if not is_main_process():  # a further DDP process started by the first: it reports errors only
+        logging.disable(logging.WARNING)
     options = {k: v for k, v in options.items() if v is not None}
     run = options.pop("resume", None)
     if run is not None:
-        ignored = sorted(set(options) - {"epochs", "device", "workers", "store", "annotations"})
+        kept = {"epochs", "device", "devices", "num_nodes", "workers"}
+        ignored = sorted(set(options) - kept - {"store", "annotations"})
         if ignored:
             raise click.UsageError(f"--resume continues with the run's own configuration; drop {', '.join('--' + o.replace('_', '-') for o in ignored)}")
-        out = resume(run, epochs=options.get("epochs"), device=options["device"], workers=options.get("workers"), progress=show_progress(State.quiet))
+        out = resume(run, **{k: v for k, v in options.items() if k in kept}, progress=show_progress(State.quiet))
     else:
         out = run_train(**options, progress=show_progress(State.quiet))
-    click.echo(f"run saved in {out}")
+    if is_main_process():
+        click.echo(f"run saved in {out}")
 
 
 @main.command()
@@ -296,6 +318,46 @@ def plot(predictions: Path, annotations: Path | None, out: Path) -> None:
 
     paths = run_plot(predictions, annotations=annotations, out=out)
     click.echo(f"wrote {len(paths)} figure(s) to {out}")
+
+
+@main.command()
+@click.argument("target", type=click.Path(exists=True, path_type=Path))
+@click.option("--format", "fmt", required=True, type=click.Choice(["csv", "parquet", "openface"]), help="csv or parquet: vidaffect's table (every value of the stages, named columns); openface: OpenFace 2 FeatureExtraction CSV.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for <video-id>.csv / .parquet.")
+@click.option("--stages", help="Comma-separated stages to export.  [default: every stage of the store; openface: face,head,gaze]")
+@click.option("--openface-style", default="2.2", show_default=True, type=click.Choice(["2.2", "2.0"]), help="2.0: fields separated by ', ' as OpenFace 2.0 wrote them.")
+@handle_errors
+def export(target: Path, fmt: str, out: Path, stages: str | None, openface_style: str) -> None:
+    """Per-frame tables of TARGET (a store folder or one .h5 store): one file per video.
+
+    Rows are frames; columns are named as the README's table lists (OpenFace's names
+    with --format openface, which vidaffect's own OpenFace import reads back).
+    Exit status 1 when some stores failed.
+    """
+    from vidaffect.commands.export import export as run_export
+
+    names = [s.strip() for s in stages.split(",") if s.strip()] if stages else None
+    summary = run_export(target, fmt, out, names, openface_style, progress=show_progress(State.quiet))
+    click.echo(summary.report(), err=bool(summary.failed))
+    sys.exit(summary.exit_code)
+
+
+@main.command()
+@click.argument("video", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="The video to write (.mp4).")
+@click.option("--store", default="features", show_default=True, type=click.Path(path_type=Path), help="Feature store folder holding VIDEO's store.")
+@click.option("--predictions", type=click.Path(exists=True, path_type=Path), help="A `vidaffect predict` CSV: adds a valence/arousal trace and the circumplex under the frame.")
+@click.option("--draw", help="Layers to draw: face (box, 70 landmarks), pose (COCO-18 skeleton), head (axes), gaze (rays); each needs its stage in the store.  [default: every layer the store has]")
+@handle_errors
+def render(video: Path, out: Path, store: Path, predictions: Path | None, draw: str | None) -> None:
+    """Write VIDEO with what vidaffect found drawn on every frame, and its audio.
+
+    Frames without a face say so.  Same frames, timestamps and audio as VIDEO.
+    """
+    from vidaffect.commands.render import render as run_render
+
+    layers = tuple(s.strip() for s in draw.split(",") if s.strip()) if draw else None
+    click.echo(f"wrote {run_render(video, out, store, predictions, layers, progress=show_progress(State.quiet))}")
 
 
 @main.command()

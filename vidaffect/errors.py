@@ -8,6 +8,8 @@
   ``FileNotFoundError``), let Python callers catch them the usual way.
 * :class:`SetupError`: this machine cannot run a stage at all (a model file is missing
   and cannot be downloaded); one line that says which file and what to do, exit 1.
+  :class:`StoreWriteError` is one: the feature store folder cannot be written (no
+  space left, read-only, no permission), so no further video can succeed either.
 
 Any other exception is a fault inside vidaffect or a library: the command line prints
 one line and exits with status 1, and shows the traceback under ``-v``.
@@ -31,3 +33,9 @@ class InputNotFound(UserError, FileNotFoundError):
 class SetupError(RuntimeError):
     """This machine cannot run a stage at all (e.g. a model file is missing and cannot
     be downloaded); the message says which file and what to do."""
+
+
+class StoreWriteError(SetupError):
+    """The feature store cannot be written (no space left on the device, a read-only
+    file system, no permission); the message says what and where, e.g. "no space left
+    on device while writing features/clip.h5"."""

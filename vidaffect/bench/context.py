@@ -35,6 +35,9 @@ class BenchSize:
     encoder_passes: timed forward passes and timed encoder-stage passes.
     train: (sequence length, batch size, timed steps) of the training figures.
     predict_frames: frames of the stored video the prediction figures run on.
+    predict_rss_frames: the short stored video of the prediction memory figure (the
+        long one is 4 times longer); a few read chunks, so that both reach the steady
+        per-chunk peak.
     min_seconds: the fast measurements repeat until they took this long.
     """
 
@@ -49,14 +52,15 @@ class BenchSize:
     encoder_passes: int
     train: tuple[int, int, int]
     predict_frames: int
+    predict_rss_frames: int
     min_seconds: float
 
 
 SIZES = {
-    "full": BenchSize(640, 360, 100, 250, 125, 160, 8, None, 5, (256, 64, 5), 10000, 2.0),
-    "quick": BenchSize(640, 360, 100, 64, 32, 32, 4, None, 1, (64, 16, 3), 3000, 0.5),
+    "full": BenchSize(640, 360, 100, 250, 125, 160, 8, None, 5, (256, 64, 5), 10000, 6144, 2.0),
+    "quick": BenchSize(640, 360, 100, 64, 32, 32, 4, None, 1, (64, 16, 3), 3000, 4096, 0.5),
     # for the test suite: every figure, in seconds, meaningless as numbers
-    "tiny": BenchSize(256, 144, 50, 12, 4, 4, 2, 4, 1, (8, 4, 1), 100, 0.0),
+    "tiny": BenchSize(256, 144, 50, 12, 4, 4, 2, 4, 1, (8, 4, 1), 100, 64, 0.0),
 }
 
 

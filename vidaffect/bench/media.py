@@ -98,20 +98,25 @@ def write_store(
     return path
 
 
-def random_arrays(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Random features of every model input for ``n`` frames, with the datasets, shapes
-    and dtypes the stages write with their default parameters ("group/dataset" ->
-    array): values uniform in [0, 1), keypoint confidences 1 (every point found)."""
+def random_arrays(n: int, rng: np.random.Generator, modalities: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+    """Random features of the model inputs ``modalities`` (None: all) for ``n`` frames,
+    with the datasets, shapes and dtypes the stages write with their default parameters
+    ("group/dataset" -> array): values uniform in [0, 1), keypoint confidences 1 (every
+    point found).  A modality relative to a box dataset brings that box along."""
     from vidaffect.learn.modalities import MODALITIES
 
+    keypoints: dict[tuple[str, str, str], bool] = {}  # (stage, group, dataset) -> holds keypoints
+    for m in (MODALITIES[name] for name in modalities) if modalities is not None else MODALITIES.values():
+        keypoints[(m.stage, m.group, m.source.dataset_name(m.defaults))] = m.source.keypoints
+        if m.source.relative_to and m.source.relative_to != "frame":
+            keypoints.setdefault((m.stage, m.group, m.source.relative_to), False)
     out = {}
-    for m in MODALITIES.values():
-        dataset = m.source.dataset_name(m.defaults)
-        spec = registry.stage_class(m.stage)().outputs()[dataset]
+    for (stage, group, dataset), points in sorted(keypoints.items()):
+        spec = registry.stage_class(stage)().outputs()[dataset]
         values = rng.random((n, *spec.shape), dtype=np.float32)
-        if m.source.keypoints:
+        if points:
             values[..., -1] = 1.0
-        out[f"{m.group}/{dataset}"] = values.astype(spec.dtype)
+        out[f"{group}/{dataset}"] = values.astype(spec.dtype)
     return out
 
 

@@ -1,17 +1,22 @@
 """Peak resident memory of an extraction process on a clip and on one four times
-longer (``extract_peak_rss_mb_short``/``_long``), each measured in a fresh process
+longer (``extract_peak_rss_mb_short``/``_long``), and of a prediction process with a
+transformer network on a stored video and on one four times longer
+(``predict_peak_rss_mb_short``/``_long``), each measured in a fresh process
 (``python -m vidaffect.bench.memory``)."""
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-from vidaffect.bench.context import Context, check
+import numpy as np
+
+from vidaffect.bench.context import RSS_LENGTH_FACTOR, Context, check
 from vidaffect.extraction.engine import Extractor, Plan
 from vidaffect.io.video import VideoSource
 
@@ -32,9 +37,40 @@ def measure_rss(ctx: Context) -> dict[str, Any]:
     }
 
 
+PREDICT_RSS_NET = "feature-transformer"  # a transformer head over 2048 values a frame
+
+
+def measure_predict_rss(ctx: Context) -> dict[str, Any]:
+    """Prediction with :data:`PREDICT_RSS_NET` on made stores of ``predict_rss_frames``
+    frames and four times that, each in a fresh process (one after the other: their
+    stores are large, and so are the peaks to compare)."""
+    from vidaffect.bench.pipeline import bench_model  # imports torch; only this measurement needs it here
+
+    seq_len = ctx.size.train[0]
+    results = {}
+    rng = np.random.default_rng(0)
+    for label, frames in (("short", ctx.size.predict_rss_frames), ("long", ctx.size.predict_rss_frames * RSS_LENGTH_FACTOR)):
+        folder = ctx.work / f"predict-rss-{label}"
+        folder.mkdir()
+        store, ckpt = bench_model(PREDICT_RSS_NET, "transformer", frames, seq_len, folder, rng)
+        warmup, _ = bench_model(PREDICT_RSS_NET, "transformer", 2 * seq_len, seq_len, folder / "warmup", rng)
+        args = {"kind": "predict", "ckpt": str(ckpt), "warmup": str(warmup), "store": str(store), "device": ctx.device}
+        results[label] = _rss_child_result(_start_child(args))
+        shutil.rmtree(folder)
+    return {
+        "predict_peak_rss_mb_short": results["short"]["peak_mb"],
+        "predict_peak_rss_mb_long": results["long"]["peak_mb"],
+        "predict_rss_baseline_mb": min(results["short"]["baseline_mb"], results["long"]["baseline_mb"]),
+        "predict_rss_frames_short": results["short"]["frames"],
+        "predict_rss_frames_long": results["long"]["frames"],
+        "predict_rss_net": f"{PREDICT_RSS_NET}, transformer head, seq_len {seq_len}",
+    }
+
+
 def _start_rss_child(ctx: Context, clip: Path, label: str) -> subprocess.Popen:
-    args = json.dumps(
+    return _start_child(
         {
+            "kind": "extract",
             "warmup": str(ctx.warmup),
             "clip": str(clip),
             "store": str(ctx.work / f"features-rss-{label}"),
@@ -42,8 +78,11 @@ def _start_rss_child(ctx: Context, clip: Path, label: str) -> subprocess.Popen:
             "params": ctx.stage_params(),
         }
     )
+
+
+def _start_child(args: dict[str, Any]) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "vidaffect.bench.memory", args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", "vidaffect.bench.memory", json.dumps(args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
 
 
@@ -107,6 +146,37 @@ def _rss_child(args: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-if __name__ == "__main__":  # the fresh process of the memory measurement (see _start_rss_child)
+def _predict_rss_child(args: dict[str, Any]) -> dict[str, Any]:
+    """Predict the warm-up store (libraries, the model and buffers settle), then
+    measure the peak while predicting ``store`` into a CSV, as ``vidaffect predict``
+    does."""
+    from vidaffect.io.predictions import CsvWriter
+    from vidaffect.learn.checkpoint import load_model
+    from vidaffect.learn.inference import predict_store
+
+    loaded = load_model(args["ckpt"], args["device"])
+    out = Path(args["store"]).with_suffix(".csv")
+    frames = {}
+    for label in ("warmup", "store"):
+        if label == "store":
+            startup_peak = peak_rss_mb()
+            reset = reset_peak_rss()
+            baseline = _proc_status_mb("VmRSS") or startup_peak
+        writer = CsvWriter(out)
+        with writer.video("bench") as write:
+            frames[label] = predict_store(loaded, Path(args[label]), write)
+        writer.close()
+    return {
+        "startup_peak_mb": startup_peak,
+        "baseline_mb": baseline,
+        "peak_mb": peak_rss_mb(),
+        "frames": frames["store"],
+        "method": "peak during the video, model loaded (VmHWM reset)" if reset else "peak of the whole process (ru_maxrss)",
+    }
+
+
+if __name__ == "__main__":  # the fresh process of the memory measurements (see _start_child)
     logging.basicConfig(level=logging.WARNING)
-    print(json.dumps(_rss_child(json.loads(sys.argv[1]))), flush=True)
+    child_args = json.loads(sys.argv[1])
+    child = _predict_rss_child if child_args["kind"] == "predict" else _rss_child
+    print(json.dumps(child(child_args)), flush=True)

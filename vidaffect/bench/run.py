@@ -13,6 +13,8 @@ Figures (the ``--json`` keys), all measured in this process unless said otherwis
 ``face_fps``, ``pose_fps``,    each stage alone on frames already decoded, frames/s
 ``mel_fps``, ``evm_fps``       (``evm``: magnification and the encoder); each with
                                ``*_cpu_ms``, CPU milliseconds per frame (all threads)
+``head_fps``, ``gaze_fps``     the head and gaze stages alone on the face stage's rows
+``egemaps_fps``                the egemaps stage (NaN without openSMILE), as mel
 ``face_mesh_raw_fps``,         MediaPipe's face mesh (iris refinement) and pose
 ``pose_raw_fps``               solutions alone on the same frames, tracking, frames/s
                                (the face/pose figures and these: faster of two runs)
@@ -30,11 +32,22 @@ Figures (the ``--json`` keys), all measured in this process unless said otherwis
                                (on a GPU with the shared encoder process);
 ``extract_workers1_fps``       the same videos with one worker; their ratio is
                                ``extract_workers_speedup``
-``train_seq_per_s``            training windows/s read from stores by the DataLoader
+``train_seq_per_s``            training windows/s of the full network (lstm head) read
+                               from stores by the DataLoader
 ``train_seq_per_s_inmemory``   the same steps on batches already in memory
+``train_seq_per_s_<head>``     training windows/s of the full network with each head
+                               (``lstm``, ``gru``, ``gru_attention``, ``transformer``)
+``render_fps``                 ``vidaffect render`` of the clip: every layer and a
+                               predictions strip, decoding, drawing, encoding and the
+                               audio, frames/s
 ``predict_fps``                prediction of a stored video: reading the store, the
-                               network, writing CSV rows, frames/s
-                               (``predict_fps_network``: the network alone)
+                               network over the blended windows, writing CSV rows,
+                               frames/s (``predict_fps_network``: the network alone);
+                               ``predict_fps_<head>`` the same with each head
+``predict_peak_rss_mb_short``  peak resident memory (MB) of a fresh process predicting
+``predict_peak_rss_mb_long``   a stored video with a transformer network
+                               (feature-transformer), and one four times longer;
+                               measured like the extraction figures below
 ``extract_peak_rss_mb_short``  peak resident memory (MB) of a fresh process extracting
 ``extract_peak_rss_mb_long``   a clip with every default stage, and a clip four times
                                longer.  Each process first extracts a tiny clip, so
@@ -139,11 +152,15 @@ def run(size: BenchSize, device: str, progress: bool = False, name: str = "") ->
             ("mel stage", stages.measure_mel),
             ("encoder and embed stage", stages.measure_encoder),
             ("evm stage", stages.measure_evm),
+            ("head and gaze stages", stages.measure_head_gaze),
+            ("egemaps stage", stages.measure_egemaps),
             ("extraction, one video", pipeline.measure_extract),
             ("extraction, --workers", pipeline.measure_workers),
+            ("render", pipeline.measure_render),
             ("training", pipeline.measure_train),
             ("prediction", pipeline.measure_predict),
             ("memory, short and long clip", memory.measure_rss),
+            ("memory of prediction, short and long video", memory.measure_predict_rss),
         ]
         ctx = Context(size, device, work)
         with progress_bar(len(steps), "bench", "step", progress) as bar:

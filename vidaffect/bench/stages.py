@@ -1,12 +1,14 @@
 """Decoding and each stage alone, on frames already decoded: ``decode_fps``,
 ``face_fps``, ``pose_fps``, ``mel_fps``, ``encoder_raw_fps``, ``encoder_stage_fps``,
-``evm_fps`` and ``evm_magnify_fps``, with the CPU milliseconds per frame of each
-(``*_cpu_ms``); and MediaPipe's face mesh and pose solutions alone on the same frames
-(``face_mesh_raw_fps``, ``pose_raw_fps``), what the face and pose stages are built on."""
+``evm_fps``, ``evm_magnify_fps``, ``head_fps``, ``gaze_fps`` and ``egemaps_fps``, with
+the CPU milliseconds per frame of each (``*_cpu_ms``); and MediaPipe's face mesh and
+pose solutions alone on the same frames (``face_mesh_raw_fps``, ``pose_raw_fps``), what
+the face and pose stages are built on."""
 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,10 +23,13 @@ from vidaffect.extraction.engine import BATCH_FRAMES
 from vidaffect.io.video import AudioChunk, Frame, VideoInfo, VideoSource, decode, probe
 from vidaffect.stages.base import Batch, Stage
 from vidaffect.stages.crop import CROP_SIZE, crop_faces
+from vidaffect.stages.egemaps import EgemapsStage
 from vidaffect.stages.embed import EmbedStage, EncoderParams
 from vidaffect.stages.encoder import Encoder
 from vidaffect.stages.evm import EvmParams, EvmStage
 from vidaffect.stages.face import FaceStage
+from vidaffect.stages.gaze import GazeStage
+from vidaffect.stages.head import HeadStage
 from vidaffect.stages.magnify import Magnifier
 from vidaffect.stages.mediapipe_solutions import mediapipe_solution
 from vidaffect.stages.mel import MelStage
@@ -44,29 +49,34 @@ def measure_decode(ctx: Context) -> dict[str, Any]:
     return watch.figures("decode", frames)
 
 
-def frame_batches(frames: list[Any], batch: int | None = None) -> Iterator[Batch]:
+def frame_batches(frames: list[Any], batch: int | None = None, inputs: dict[str, np.ndarray] | None = None) -> Iterator[Batch]:
     """Decoded frames in batches of ``batch`` (default: the engine's batch size), as
-    the engine hands them to the stages."""
+    the engine hands them to the stages, with their rows of ``inputs`` (the datasets of
+    required stages, one row per frame)."""
 
     batch = batch or BATCH_FRAMES
     for start in range(0, len(frames), batch):
         chunk = frames[start : start + batch]
-        yield Batch(start, np.array([f.timestamp for f in chunk]), np.stack([f.image for f in chunk]))
+        rows = {k: v[start : start + len(chunk)] for k, v in (inputs or {}).items()}
+        yield Batch(start, np.array([f.timestamp for f in chunk]), np.stack([f.image for f in chunk]), rows)
 
 
-def image_stage_fps(ctx: Context, stage: Stage, name: str) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+def image_stage_fps(
+    ctx: Context, stage: Stage, name: str, inputs: dict[str, np.ndarray] | None = None
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Frames/s and CPU ms per frame (``<name>_fps``, ``<name>_cpu_ms``) of a stage
     that looks at the pictures, over the clip's frames, after an untimed first batch
-    (models load, graphs start); and its rows."""
+    (models load, graphs start); and its rows.  ``inputs``: the rows of the stages it
+    requires, for every frame."""
     frames = ctx.frames
     store = ctx.work / "stage.h5"
     warm = stage.open(ctx.clip_info, store)
-    warm.process(next(frame_batches(frames[:8])))
+    warm.process(next(frame_batches(frames[:8], inputs=inputs)))
     run = stage.open(ctx.clip_info, store)  # a fresh video: trackers start afresh
     parts: list[dict[str, np.ndarray]] = []
     watch = Stopwatch()
     with watch():
-        for batch in frame_batches(frames):
+        for batch in frame_batches(frames, inputs=inputs):
             parts.append(run.process(batch))
         parts.append(run.finish())
     stage.close()
@@ -119,9 +129,11 @@ def measure_face(ctx: Context) -> dict[str, Any]:
 
 def measure_pose(ctx: Context) -> dict[str, Any]:
     found: list[float] = []
+    faces = {FaceStage.key(k): v for k, v in ctx.face_rows.items()}
 
     def stage() -> dict[str, Any]:
-        figures, rows = image_stage_fps(ctx, PoseStage(), "pose")
+        # Pose follows the face stage's face, as in extraction.
+        figures, rows = image_stage_fps(ctx, PoseStage(), "pose", faces)
         found.append(float(rows["valid"].mean()))
         return figures
 
@@ -134,11 +146,12 @@ def measure_pose(ctx: Context) -> dict[str, Any]:
     return {**_best(stage, raw), "pose_found_fraction": min(found)}
 
 
-def measure_mel(ctx: Context) -> dict[str, Any]:
-    stage = MelStage()
+def audio_stage_fps(ctx: Context, stage: Stage) -> dict[str, float]:
+    """Frames/s and CPU ms per frame (``<stage>_fps``, ``<stage>_cpu_ms``) of an audio
+    stage fed the clip's audio and frame times in decoding order, as the engine feeds
+    them, after one untimed pass (first calls warm up)."""
 
     def replay() -> int:
-        """Audio and frame times in decoding order, as the engine feeds them."""
         run = stage.open(ctx.clip_info, ctx.work / "stage.h5")
         times: list[float] = []
         done = rows = 0
@@ -161,7 +174,42 @@ def measure_mel(ctx: Context) -> dict[str, Any]:
             frames += replay()
         if watch.wall >= ctx.size.min_seconds:
             break
-    return watch.figures("mel", frames)
+    return watch.figures(stage.name, frames)
+
+
+def measure_mel(ctx: Context) -> dict[str, Any]:
+    return audio_stage_fps(ctx, MelStage())
+
+
+def measure_egemaps(ctx: Context) -> dict[str, Any]:
+    """``egemaps_fps`` and ``egemaps_cpu_ms``; NaN when openSMILE (an optional extra) is
+    not installed."""
+    if importlib.util.find_spec("opensmile") is None:
+        return {"egemaps_fps": float("nan"), "egemaps_note": "openSMILE not installed (pip install 'vidaffect[egemaps]')"}
+    return audio_stage_fps(ctx, EgemapsStage())
+
+
+def measure_head_gaze(ctx: Context) -> dict[str, Any]:
+    """``head_fps`` and ``gaze_fps`` (and their ``_cpu_ms``) on the face stage's rows of
+    the clip (they look at no pictures, only the stored mesh and head rows)."""
+    batches = list(frame_batches(ctx.frames))
+    for batch in batches:
+        batch.inputs = {FaceStage.key(k): v[batch.start : batch.start + len(batch)] for k, v in ctx.face_rows.items()}
+    figures: dict[str, Any] = {}
+    for stage in (HeadStage(), GazeStage()):
+        stage.open(ctx.clip_info, ctx.work / "stage.h5").process(batches[0])  # warm up
+        watch, frames = Stopwatch(), 0
+        while True:
+            run = stage.open(ctx.clip_info, ctx.work / "stage.h5")
+            with watch():
+                rows = [run.process(batch) for batch in batches]
+            frames += len(ctx.frames)
+            if watch.wall >= ctx.size.min_seconds:
+                break
+        for batch, out in zip(batches, rows, strict=True):  # gaze reads the head rows
+            batch.inputs.update({stage.key(k): v for k, v in out.items()})
+        figures.update(watch.figures(stage.name, frames))
+    return figures
 
 
 def encoder_batch(ctx: Context, n: int) -> Batch:

@@ -7,6 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from vidaffect.learn.heads import HEADS
+
 
 @dataclass(frozen=True)
 class Target:
@@ -16,6 +18,11 @@ class Target:
     bound: float
     applies: Callable[[dict[str, Any]], str] = lambda r: ""  # a reason it does not apply, or ""
     note: Callable[[dict[str, Any]], str] = lambda r: ""  # what the reader needs to judge the value
+
+
+def head_key(figure: str, head: str) -> str:
+    """A figure's key for one temporal head, e.g. ``predict_fps_gru_attention``."""
+    return f"{figure}_{head.replace('-', '_')}"
 
 
 STAGE_FIGURES = ("face_fps", "pose_fps", "mel_fps", "encoder_stage_fps", "evm_fps")  # one per default stage
@@ -77,6 +84,12 @@ TARGETS = [
         "<=",
         1.2,
     ),
+    Target(
+        "predict_peak_rss_mb_long / predict_peak_rss_mb_short",
+        lambda r: r["predict_peak_rss_mb_long"] / r["predict_peak_rss_mb_short"],
+        "<=",
+        1.2,
+    ),
     Target("face_fps (640x360, 2 CPU cores)", lambda r: r["face_fps"], ">=", 100, _at_640x360),
     Target("pose_fps (640x360, 2 CPU cores)", lambda r: r["pose_fps"], ">=", 40, _at_640x360),
     Target(
@@ -108,6 +121,9 @@ FIGURES = [  # (key, unit) in table order
     ("mel_fps", "frames/s"),
     ("evm_magnify_fps", "crops/s"),
     ("evm_fps", "frames/s"),
+    ("head_fps", "frames/s"),
+    ("gaze_fps", "frames/s"),
+    ("egemaps_fps", "frames/s"),
     ("encoder_raw_fps", "crops/s"),
     ("encoder_stage_fps", "frames/s"),
     ("extract_serial_bound_fps", "frames/s"),
@@ -117,8 +133,14 @@ FIGURES = [  # (key, unit) in table order
     ("extract_workers_speedup", "x"),
     ("train_seq_per_s", "windows/s"),
     ("train_seq_per_s_inmemory", "windows/s"),
+    *((head_key("train_seq_per_s", head), "windows/s") for head in HEADS),
     ("predict_fps", "frames/s"),
+    ("render_fps", "frames/s"),
     ("predict_fps_network", "frames/s"),
+    *((head_key("predict_fps", head), "frames/s") for head in HEADS),
+    ("predict_rss_baseline_mb", "MB"),
+    ("predict_peak_rss_mb_short", "MB"),
+    ("predict_peak_rss_mb_long", "MB"),
     ("extract_rss_startup_peak_mb", "MB"),
     ("extract_rss_baseline_mb", "MB"),
     ("extract_peak_rss_mb_short", "MB"),

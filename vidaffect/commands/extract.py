@@ -2,11 +2,15 @@
 
 The stages and their parameters come from a recipe (``pipelines/thesis.yaml`` by
 default) with overrides; the plan is checked here, in the main process, before any
-video is touched.  Then every video is extracted by :class:`~vidaffect.extraction.engine.Extractor`,
-in this process, in worker processes (:mod:`~vidaffect.extraction.pool`, with a shared
-encoder process on a GPU: :mod:`~vidaffect.extraction.encoder_service`) or in Ray tasks
-(:mod:`~vidaffect.extraction.ray_executor`).  :func:`dry_run` says what a run would do
-and how long it would take.
+video is touched.  Every source file is given the id of the store it already has
+(:func:`vidaffect.io.store_lookup.assign_stores`), so ``extract ./videos`` and a later
+``predict ./videos/test`` use the same stores.  Then every video is extracted by
+:class:`~vidaffect.extraction.engine.Extractor`, in this process, in worker processes
+(:mod:`~vidaffect.extraction.pool`, with a shared encoder process on a GPU:
+:mod:`~vidaffect.extraction.encoder_service`) or in Ray tasks
+(:mod:`~vidaffect.extraction.ray_executor`); when the store folder cannot be written
+(full disk, read-only) the batch stops at once, since no other video could be stored
+either.  :func:`dry_run` says what a run would do and how long it would take.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from vidaffect.extraction.encoder_service import EncoderService, encoder_keys
 from vidaffect.extraction.engine import Extractor, Plan
 from vidaffect.extraction.pool import plan_workers, run_pool
 from vidaffect.extraction.summary import Summary, VideoResult
+from vidaffect.io.store import write_fault
+from vidaffect.io.store_lookup import assign_stores
 from vidaffect.io.video import find_videos
 from vidaffect.stages import registry
 from vidaffect.util.device import resolve_device
@@ -84,7 +90,9 @@ def extract(
     -------
     Summary
         One VideoResult per input; inputs that are missing or hold no videos are
-        failed results too.
+        failed results too.  When the store cannot be written the batch stops: the
+        result that met it is ``fatal`` and the videos not started are counted in
+        ``not_attempted``.
 
     Raises
     ------
@@ -101,26 +109,40 @@ def extract(
     for name in plan.order:
         registry.stage_class(name).prepare(plan.params[name], progress)
     sources, problems = find_videos(inputs)
+    sources, taken = assign_stores(sources, store)
+    problems += taken
     results = [VideoResult(path, "", "failed", reason) for path, reason in problems]
     for path, reason in problems:
         log.error("%s: %s", path, reason)
-    Path(store).mkdir(parents=True, exist_ok=True)
+    try:
+        Path(store).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        fault = write_fault(exc, Path(store))
+        if fault is None:
+            raise
+        stop = VideoResult(str(store), "", "failed", str(fault), fatal=True)
+        return Summary([*results, stop], not_attempted=len(sources))
     log.info("extracting %s from %d video(s) into %s%s", ",".join(plan.order), len(sources), store, f" on {device}" if executor == "local" else "")
     keys = encoder_keys(plan.params) if (device.startswith("cuda") if shared_encoder is None else shared_encoder) else []
     sizing = plan_workers(workers, len(sources), load_costs(), shared_encoder=bool(keys))
     if executor == "local" and sources:
         log.info("%s", sizing.reason)
+    started = 0
     with progress_bar(len(sources), "videos", "video", progress) as vbar, progress_bar(None, "frames", "frame", progress, position=1) as fbar:
 
-        def finished(result: VideoResult) -> None:
+        def finished(result: VideoResult) -> bool:
+            """Record a result; False when the batch must stop."""
+            nonlocal started
+            started += 1
             results.append(result)
             vbar.update(1)
+            return not result.fatal
 
         if executor == "ray":
             from vidaffect.extraction.ray_executor import run_ray
 
             run_ray(sources, (Path(store), plan, device, force), finished, fbar.update, ray_address)
-            return Summary(results)
+            return Summary(results, not_attempted=len(sources) - started)
         service = None
         if keys and sources:
             # On a GPU the encoder process needs a core for copies and kernel launches;
@@ -134,7 +156,8 @@ def extract(
                 extractor = Extractor(store, plan, device, force)
                 try:
                     for source in sources:
-                        finished(extractor.run(source, on_frames=fbar.update))
+                        if not finished(extractor.run(source, on_frames=fbar.update)):
+                            break
                 finally:
                     extractor.close()
             else:
@@ -142,7 +165,7 @@ def extract(
         finally:
             if service is not None:
                 service.close()
-    return Summary(results)
+    return Summary(results, not_attempted=len(sources) - started)
 
 
 def dry_run(
@@ -162,5 +185,6 @@ def dry_run(
     plan = Plan.make(stages, recipe, params)
     device = resolve_device(device)
     sources, problems = find_videos(inputs)
+    sources, taken = assign_stores(sources, store, update=False)
     costs = load_costs()
-    return plan_batch(sources, problems, Path(store), plan, force, device, plan_workers(workers, len(sources), costs), costs)
+    return plan_batch(sources, problems + taken, Path(store), plan, force, device, plan_workers(workers, len(sources), costs), costs)

@@ -86,7 +86,7 @@ def describe_store_file(path: Path) -> str:
 
 def describe_recipe(name: str) -> str:
     """Every stage of a recipe with every parameter (the recipe's value, else the
-    default) and what it means, then the training options."""
+    default) and what it means, then the training options and network sizes it sets."""
     spec = load_recipe(name)
     lines = [f"recipe {spec['name']}", "stages:"]
     for stage in spec["stages"]:
@@ -95,6 +95,8 @@ def describe_recipe(name: str) -> str:
         lines.append(f"  {stage}:")
         for field, _, meaning in cls.Params.describe():
             lines.append(f"    {field:<24} {getattr(params, field)!s:<12} {meaning}")
-    lines.append("train:")
-    lines += [f"  {k}: {v}" for k, v in spec["train"].items()]
+    default = load_recipe(None)
+    for section in ("train", "model"):  # what the recipe leaves out comes from the default recipe
+        lines.append(f"{section}:")
+        lines += [f"  {k}: {v}" for k, v in {**default[section], **spec[section]}.items()]
     return "\n".join(lines)

@@ -11,14 +11,18 @@
    a model that records no usable parameters, gets a warning per video
    (:func:`vidaffect.learn.checkpoint.check_store`), and features from a random encoder a
    loud one.
-3. Prediction (:mod:`vidaffect.learn.inference`): each video is read from its store in
-   windows and run through the network with the LSTM state handed from one window to
-   the next, which is exactly the network run over the whole video at once (no seams,
-   no overlap to blend); rows go to the writer window by window, so memory does not
-   grow with video length.  Frames without a face (or body, or audio) are predicted too:
-   the missing modality reads as zeros and the LSTM carries the context.  The
-   ``face`` column is the store's ``face/valid``; it is empty when the store has no
-   face stage (a model that does not use the face, on videos never extracted with it).
+3. Prediction (:mod:`vidaffect.learn.inference`): each video is cut into the windows
+   the model was trained on (``seq_len`` frames from a fresh state, every ``seq_len /
+   2`` frames, the last one ending at the video's end; :mod:`vidaffect.learn.windows`)
+   and each frame's prediction is the blend of the windows covering it.  Validation
+   during training ran exactly this code, so ``vidaffect evaluate`` on the validation
+   videos gives the logged validation metrics.  The store is read in chunks and rows
+   go to the writer as soon as no later window covers them, so memory does not grow
+   with video length.  Frames without a face (or body, or audio) are predicted too:
+   the missing modality reads as zeros with its validity flag 0, and the other
+   modalities and the temporal context carry on.  The ``face`` column is the store's
+   ``face/valid``; it is empty when the store has no face stage (a model that does
+   not use the face, on videos never extracted with it).
 
 A video that cannot be decoded, extracted or predicted is listed in the summary and
 the batch goes on; the exit status is 1 then.
@@ -39,7 +43,7 @@ from vidaffect.extraction.summary import Summary, VideoResult, failure_reason
 from vidaffect.io.predictions import PredictionWriter, open_writer
 from vidaffect.io.store import store_path
 from vidaffect.learn.checkpoint import LoadedModel, load_model
-from vidaffect.learn.inference import WINDOW, predict_store
+from vidaffect.learn.inference import CHUNK, predict_store
 from vidaffect.learn.runs import find_best
 from vidaffect.stages import registry
 from vidaffect.util.device import resolve_device
@@ -116,13 +120,13 @@ def extraction_params(loaded: LoadedModel, encoder_weights: str | None = None) -
     return params
 
 
-def _predict_video(loaded: LoadedModel, path: Path, source: VideoResult, writer: PredictionWriter, window: int) -> VideoResult:
+def _predict_video(loaded: LoadedModel, path: Path, source: VideoResult, writer: PredictionWriter, chunk: int) -> VideoResult:
     """One video, never raising for a problem with that video."""
     result = VideoResult(source.path, source.video_id, "failed")
     t0 = time.perf_counter()
     try:
         with writer.video(source.video_id) as write:
-            result.frames = predict_store(loaded, path, write, window)
+            result.frames = predict_store(loaded, path, write, chunk)
         result.status = "done"
     except KeyboardInterrupt:
         raise
@@ -144,7 +148,7 @@ def predict(
     workers: int = 1,
     device: str = "auto",
     progress: bool = False,
-    window: int = WINDOW,
+    chunk: int = CHUNK,
 ) -> PredictSummary:
     """Predict valence and arousal for every frame of every video in ``inputs``.
 
@@ -172,8 +176,8 @@ def predict(
         and the network.
     progress : bool, default False
         Progress bars.
-    window : int, default :data:`WINDOW`
-        Frames per network step (memory, not results, depends on it).
+    chunk : int, default :data:`~vidaffect.learn.inference.CHUNK`
+        Frames read from a store at a time (memory, not results, depends on it).
 
     Returns
     -------
@@ -192,7 +196,10 @@ def predict(
     published = False
     try:
         loaded = load_model(model_path, device)
-        log.info("model %s: %s network on %s, needs stages %s", model_path, loaded.net, device, ",".join(loaded.stages))
+        log.info(
+            "model %s: %s network with %s head on %s, windows of %d frames every %d, needs stages %s",
+            model_path, loaded.net, loaded.head, device, loaded.seq_len, loaded.hop, ",".join(loaded.stages),
+        )  # fmt: skip
         params = extraction_params(loaded, encoder_weights)
         try:
             extraction = extract(inputs, store, stages=loaded.stages, params=params, workers=workers, device=device, progress=progress)
@@ -204,7 +211,7 @@ def predict(
         results = list(extraction.failed)
         with progress_bar(len(ready), "predicting", "video", progress) as bar:
             for source in ready:
-                results.append(_predict_video(loaded, store_path(store, source.video_id), source, writer, window))
+                results.append(_predict_video(loaded, store_path(store, source.video_id), source, writer, chunk))
                 bar.update()
         published = any(r.status == "done" for r in results)
     finally:

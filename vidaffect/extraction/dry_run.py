@@ -8,10 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vidaffect.extraction.costs import Costs, FrameCost, estimate_seconds
-from vidaffect.extraction.engine import Plan
+from vidaffect.extraction.engine import Extractor, Plan
 from vidaffect.extraction.pool import WorkerPlan
 from vidaffect.extraction.summary import failure_reason
-from vidaffect.io.store import completed_stages, store_path
 from vidaffect.io.video import VideoSource, probe
 from vidaffect.stages import registry
 
@@ -106,18 +105,21 @@ def plan_batch(
     videos = [VideoWork(path, "", problem=reason) for path, reason in problems]
     work = FrameCost()
     share = {name: registry.stage_class(name).cost_share(plan.params[name]) for name in plan.order}
-    for source in sources:
-        video = VideoWork(str(source.path), source.video_id)
-        videos.append(video)
-        try:
-            info = probe(source)
-        except Exception as exc:  # reported like the run would report it
-            video.problem = failure_reason(exc)
-            continue
-        video.frames = info.frame_count or round(info.duration * info.fps)
-        existing = {} if force else completed_stages(store_path(store, source.video_id), info)
-        video.todo = [n for n in plan.order if existing.get(n, ("", ""))[1] != plan.hashes[n]]
-        if video.todo:
-            work = work + costs.frame_seconds(video.todo, device, share) * video.frames
+    extractor = Extractor(store, plan, device, force)  # models load only when a video opens
+    try:
+        for source in sources:
+            video = VideoWork(str(source.path), source.video_id)
+            videos.append(video)
+            try:
+                info = probe(source)
+                video.todo = extractor.pending_stages(info)
+            except Exception as exc:  # reported like the run would report it
+                video.problem = failure_reason(exc)
+                continue
+            video.frames = info.frame_count or round(info.duration * info.fps)
+            if video.todo:
+                work = work + costs.frame_seconds(video.todo, device, share) * video.frames
+    finally:
+        extractor.close()
     seconds = estimate_seconds(costs, work, workers.workers, workers.threads)
     return DryRun(videos, workers, device, seconds, costs, work.unknown)

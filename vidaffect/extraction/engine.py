@@ -2,28 +2,47 @@
 
 Each video is independent: a failure (unreadable file, a stage error) is recorded in
 the summary and the batch goes on; the video's existing store is left as it was.
-Stages whose stored parameter hash matches are skipped, so a re-run after an
-interruption only does what is missing.
+Within a video each stage succeeds or fails on its own (see :mod:`vidaffect.stages.base`):
+the stages that do not depend on a failed one are still stored.  A store that cannot
+be written (full disk, read-only folder) is different: no other video can succeed
+either, so :meth:`Extractor.run` marks the result ``fatal`` and the batch stops.
+
+A stage is current, and skipped, when its stored parameter hash matches and so does
+the hash of the files it imports (and of those its inputs import); so a re-run after an
+interruption only does what is missing, and an edited import is read again.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import hashlib
 import logging
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from vidaffect.errors import ParameterError
+from vidaffect.errors import ParameterError, StoreWriteError
 from vidaffect.extraction.summary import VideoResult, failure_reason
 from vidaffect.io.recipe import load_recipe
-from vidaffect.io.store import StoreWriter, completed_stages, locked, read_rows, store_path
-from vidaffect.io.video import AudioChunk, VideoError, VideoInfo, VideoSource, decode, probe
+from vidaffect.io.store import (
+    STORAGE_ERRNOS,
+    StoredStage,
+    StoreWriter,
+    completed_stages,
+    locked,
+    read_rows,
+    store_path,
+    write_fault,
+)
+from vidaffect.io.video import AudioChunk, Frame, VideoError, VideoInfo, VideoSource, decode, frame_timestamps, probe
 from vidaffect.stages import registry
-from vidaffect.stages.base import Batch, StageRun
+from vidaffect.stages.base import Batch, Stage, StageRun
 from vidaffect.stages.params import StageParams
 
 # Per-video outcomes are logged under the command's name, in workers too.
@@ -63,6 +82,16 @@ class Plan:
         return cls(order, resolved, hashes)
 
 
+def _digest(*parts: object) -> str:
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
+
+
+def without_hash(params_hash: str, missing: Iterable[str]) -> str:
+    """The hash stored for a stage that ran without some of the stages it requires
+    (they failed on the video): never the planned hash, so the next run redoes it."""
+    return _digest(params_hash, "without", sorted(missing))
+
+
 class Extractor:
     """The stages of one process (models loaded once) and how to run them on a video."""
 
@@ -85,35 +114,81 @@ class Extractor:
             stage.close()
 
     def run(self, source: VideoSource, on_frames: Callable[[int], None] | None = None) -> VideoResult:
-        """Extract one video, never raising for a problem with that video."""
+        """Extract one video, never raising for a problem with that video; a store that
+        cannot be written gives a ``fatal`` result."""
         result = VideoResult(str(source.path), source.video_id, "failed")
         t0 = time.perf_counter()
         try:
             info = probe(source)
             path = store_path(self.store, source.video_id)
-            with locked(path):
-                existing = completed_stages(path, info)
-                todo = [n for n in self.plan.order if self.force or existing.get(n, ("", ""))[1] != self.plan.hashes[n]]
-                if not todo:
-                    result.status = "skipped"
-                    return result
-                frames = self._extract(info, path, todo, existing, on_frames)
-            result.status, result.frames, result.stages = "done", frames, todo
+            keys = self._inputs_hashes(info)
+            # Checked before taking the lock, so that up-to-date stores in a folder this
+            # process cannot write (a shared, read-only feature folder) can be used.
+            if self._todo(completed_stages(path, info), keys):
+                with locked(path):
+                    existing = completed_stages(path, info)
+                    todo = self._todo(existing, keys)
+                    if todo:
+                        self._extract(info, path, todo, existing, keys, result, on_frames)
+            if not result.stages and not result.failed_stages:
+                result.status = "skipped"
         except KeyboardInterrupt:
             raise
+        except StoreWriteError as exc:
+            result.status, result.reason, result.fatal = "failed", str(exc), True
         except Exception as exc:  # one video's failure must not stop the batch
             if not isinstance(exc, VideoError):
                 log.debug("%s failed", source.path, exc_info=True)
-            result.reason = failure_reason(exc)
+            result.status, result.reason = "failed", failure_reason(exc)
         result.seconds = time.perf_counter() - t0
         if result.status == "failed":
             log.error("%s: %s", source.path, result.reason)
         return result
 
+    def pending_stages(self, info: VideoInfo) -> list[str]:
+        """The stages :meth:`run` would extract for this video, from its store as it is
+        now (read only; no model is loaded)."""
+        return self._todo(completed_stages(store_path(self.store, info.video_id), info), self._inputs_hashes(info))
+
+    def _inputs_hashes(self, info: VideoInfo) -> dict[str, str]:
+        """Per stage, the hash of the files it imports for this video and of its
+        inputs' hashes; "" when neither it nor its inputs import anything."""
+        keys: dict[str, str] = {}
+        for name in self.plan.order:
+            stage = self.stages[name]
+            try:
+                files = stage.imported_files(info)
+                own = _digest([(f.name, st.st_size, st.st_mtime_ns) for f in files for st in [os.stat(f)]]) if files is not None else ""
+            except Exception:  # missing or unreadable: the stage fails when it opens them
+                own = "unavailable"
+            deps = [keys[d] for d in stage.requires if keys.get(d)]
+            keys[name] = _digest(own, deps) if own or deps else ""
+        return keys
+
+    def _todo(self, existing: dict[str, StoredStage], keys: dict[str, str]) -> list[str]:
+        return [
+            n
+            for n in self.plan.order
+            if self.force
+            or n not in existing
+            or existing[n].params_hash != self.plan.hashes[n]
+            or existing[n].inputs_hash != keys[n]
+        ]
+
     def _extract(
-        self, info: VideoInfo, path: Path, todo: list[str], existing: dict[str, tuple[str, str]], on_frames: Callable[[int], None] | None
-    ) -> int:
+        self,
+        info: VideoInfo,
+        path: Path,
+        todo: list[str],
+        existing: dict[str, StoredStage],
+        keys: dict[str, str],
+        result: VideoResult,
+        on_frames: Callable[[int], None] | None,
+    ) -> None:
         stages = {n: self.stages[n] for n in todo}
+        imports = any(_imports(s, info) for s in stages.values())
+        if imports:
+            info = dataclasses.replace(info, decoded_timestamps=frame_timestamps(info))
         needed_by_others = {dep for n in todo for dep in stages[n].requires}
         cached_inputs = [
             f"{g}/{d}"
@@ -122,23 +197,23 @@ class Extractor:
             for d in self.stages[dep].outputs()
         ]
         todo_groups = {stages[n].group_name() for n in todo}
-        keep = [g for g, _ in existing.values() if g not in todo_groups]
+        keep = [s.group for s in existing.values() if s.group not in todo_groups]
         groups = {
-            s.group_name(): (n, s.outputs(), s.params.as_dict(), self.plan.hashes[n], s.version)
-            for n, s in stages.items()
+            s.group_name(): (n, s.outputs(), s.params.as_dict(), self.plan.hashes[n], s.version) for n, s in stages.items()
         }
         writer = StoreWriter(path, info, groups, keep)
+        pass_ = _Pass(stages, writer, path)
         old = h5py.File(path, "r") if cached_inputs else None
-        runs: dict[str, StageRun] = {}
         try:
-            for n, s in stages.items():
-                runs[n] = s.open(info, path)
-            audio_runs = [runs[n] for n, s in stages.items() if s.uses_audio]
+            for n in stages:
+                pass_.open(n, info)
+            audio_runs = [n for n, s in stages.items() if s.uses_audio]
             want_images = any(s.uses_images for s in stages.values())
             rates = {s.audio_rate() for s in stages.values() if s.uses_audio}
             if len(rates) > 1:
                 raise ParameterError(f"audio stages want different sample rates {sorted(rates)}")
             timestamps: list[float] = []
+            repaired: list[bool] = []
             images: list[np.ndarray] = []
             done = 0
 
@@ -156,26 +231,35 @@ class Extractor:
                 )
                 if old is not None and any(len(v) != n for v in batch.inputs.values()):
                     raise RuntimeError("the cached store has fewer frames than the video; re-run with --force")
-                writer.append_timestamps(ts)
+                writer.append_timestamps(ts, np.asarray(repaired, bool))
                 for name, stage in stages.items():
-                    rows = runs[name].process(batch)
-                    if name in needed_by_others:
-                        if any(len(v) != n for v in rows.values()):
-                            raise RuntimeError(f"stage {name} must return one row per frame")
-                        batch.inputs.update({f"{stage.group_name()}/{k}": v for k, v in rows.items()})
-                    writer.append(stage.group_name(), rows)
+
+                    def step(run: StageRun, name: str = name, stage: Stage = stage) -> None:
+                        rows = run.process(batch)
+                        if name in needed_by_others:
+                            if any(len(v) != n for v in rows.values()):
+                                raise RuntimeError(f"stage {name} must return one row per frame")
+                            batch.inputs.update({stage.key(k): v for k, v in rows.items()})
+                        writer.append(stage.group_name(), rows)
+
+                    pass_.step(name, step)
                 done += n
                 timestamps.clear()
+                repaired.clear()
                 images.clear()
                 if on_frames:
                     on_frames(n)
 
-            for item in decode(info, images=want_images, audio=bool(audio_runs), audio_rate=rates.pop() if rates else 0):
+            items = _frames_only(info) if imports and not want_images and not audio_runs else decode(
+                info, images=want_images, audio=bool(audio_runs), audio_rate=rates.pop() if rates else 0
+            )
+            for item in items:
                 if isinstance(item, AudioChunk):
-                    for run in audio_runs:
-                        run.add_audio(item.samples, item.start)
+                    for name in audio_runs:
+                        pass_.step(name, functools.partial(_add_audio, chunk=item))
                     continue
                 timestamps.append(item.timestamp)
+                repaired.append(item.repaired)
                 if item.image is not None:
                     images.append(item.image)
                 if len(timestamps) == self.batch_frames:
@@ -184,17 +268,123 @@ class Extractor:
             if done == 0:
                 raise VideoError("contains no decodable video frames")
             for name, stage in stages.items():
-                writer.append(stage.group_name(), runs[name].finish())
+                pass_.step(name, functools.partial(_finish, writer=writer, group=stage.group_name()))
             if old is not None:
                 old.close()
                 old = None
-            writer.commit({stages[n].group_name(): runs[n].attrs for n in todo})
-            return done
+            if len(pass_.failed) == len(stages):
+                writer.abort()
+            else:
+                attrs = {}
+                for n, run in pass_.runs.items():
+                    group = stages[n].group_name()
+                    attrs[group] = dict(run.attrs)
+                    if keys[n]:
+                        attrs[group]["inputs_hash"] = keys[n]
+                    if n in pass_.degraded:
+                        missing = sorted(pass_.degraded[n])
+                        writer.set_params_hash(group, without_hash(self.plan.hashes[n], missing))
+                        note = f"made without {', '.join(missing)}, which failed on this video; re-run to redo it"
+                        attrs[group]["note"] = "; ".join(filter(None, [attrs[group].get("note", ""), note]))
+                writer.commit(attrs, kept_anyway=[stages[n].group_name() for n in pass_.failed])
+            result.frames = done
+            result.stages = list(pass_.runs)
+            result.failed_stages = dict(pass_.failed)
+            if pass_.failed:
+                result.status = "failed"
+                stored = f" ({', '.join(pass_.runs)} stored)" if pass_.runs else ""
+                result.reason = "; ".join(f"{n}: {r}" for n, r in pass_.failed.items()) + stored
+            else:
+                result.status = "done"
         except BaseException:
             writer.abort()
-            for run in runs.values():
+            for run in pass_.runs.values():
                 run.abort()
             raise
         finally:
             if old is not None:
                 old.close()
+
+
+def _add_audio(run: StageRun, chunk: AudioChunk) -> None:
+    run.add_audio(chunk.samples, chunk.start)
+
+
+def _finish(run: StageRun, writer: StoreWriter, group: str) -> None:
+    writer.append(group, run.finish())
+
+
+def _imports(stage: Stage, info: VideoInfo) -> bool:
+    """Whether the stage reads files made elsewhere for this video (also when they are
+    missing: it then fails when it opens)."""
+    try:
+        return stage.imported_files(info) is not None
+    except Exception:
+        return True
+
+
+def _frames_only(info: VideoInfo) -> Iterator[Frame]:
+    """The frames already counted, without decoding again (no stage needs pictures or
+    audio)."""
+    assert info.decoded_timestamps is not None
+    for t in info.decoded_timestamps:
+        yield Frame(float(t), None)
+
+
+class _Pass:
+    """The stages of one pass over a video, each failing on its own.
+
+    :meth:`call` runs one step of a stage; an exception fails that stage (its group is
+    left out of the store), and every later step of a stage whose required stage has
+    failed either fails it too or, for a stage that ``can_do_without`` it, runs it on
+    without those rows (``degraded``).  A store that cannot be written is no stage's
+    failure: it stops the pass.
+    """
+
+    def __init__(self, stages: dict[str, Stage], writer: StoreWriter, path: Path) -> None:
+        self.stages = stages
+        self.writer = writer
+        self.path = path
+        self.runs: dict[str, StageRun] = {}
+        self.failed: dict[str, str] = {}
+        self.degraded: dict[str, set[str]] = {}
+
+    def open(self, name: str, info: VideoInfo) -> None:
+        if self._ready(name):
+            self._guarded(name, lambda: self.runs.__setitem__(name, self.stages[name].open(info, self.path)))
+
+    def step(self, name: str, fn: Callable[[StageRun], None]) -> None:
+        if self._ready(name):
+            self._guarded(name, lambda: fn(self.runs[name]))
+
+    def _ready(self, name: str) -> bool:
+        """The stage has not failed, and has what it requires (or can do without it)."""
+        if name in self.failed:
+            return False
+        stage = self.stages[name]
+        missing = {d for d in stage.requires if d in self.failed}
+        if missing - set(stage.can_do_without):
+            self._fail(name, f"needs {', '.join(sorted(missing))}, which failed")
+            return False
+        if missing:
+            self.degraded[name] = missing
+        return True
+
+    def _guarded(self, name: str, fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except (KeyboardInterrupt, StoreWriteError, VideoError):
+            raise
+        except Exception as exc:
+            fault = write_fault(exc, self.path, STORAGE_ERRNOS)
+            if fault is not None:
+                raise fault from None
+            log.debug("stage %s failed", name, exc_info=True)
+            self._fail(name, failure_reason(exc))
+
+    def _fail(self, name: str, reason: str) -> None:
+        self.failed[name] = reason
+        run = self.runs.pop(name, None)
+        if run is not None:
+            run.abort()
+        self.writer.drop(self.stages[name].group_name())

@@ -7,7 +7,9 @@ worker's thread pools are sized so that workers x threads = cores
 ``--workers auto``.  With a shared encoder (:mod:`.encoder_service`) the workers send
 their face crops to it instead of loading the encoder themselves.  When a worker dies (a
 native crash, out of memory) it takes the pool with it and we cannot tell whose video
-did it, so every video in flight gets one more try in a fresh pool.
+did it, so every video in flight gets one more try in a fresh pool.  Each worker gets
+one video at a time; when a result says the store cannot be written no further video
+is started, and those in flight finish (or fail the same way) before the pool closes.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import concurrent.futures as cf
 import logging
 import multiprocessing as mp
 import queue
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,22 +145,35 @@ def run_pool(
     sources: list[VideoSource],
     args: tuple[Path, Plan, str, bool],
     workers: WorkerPlan,
-    finished: Callable[[VideoResult], None],
+    finished: Callable[[VideoResult], bool],
     on_frames: Callable[[int], Any],
     service: EncoderService | None = None,
 ) -> None:
     """Extract ``sources`` in ``workers.workers`` processes of ``workers.threads``
     threads, each holding ``Extractor(*args)`` (and a client of ``service`` when
-    given); ``finished`` gets every result, ``on_frames`` the frame counts as they
-    come."""
+    given); ``finished`` gets every result and returns False to stop the batch (videos
+    not started are then never started), ``on_frames`` the frame counts as they come."""
     crashes: dict[VideoSource, int] = {}
     remaining = list(sources)
-    while remaining:
+    stop = False
+    while remaining and not stop:
         q = mp.get_context("spawn").Queue()  # frame counts from the workers, for the frames/s bar
         with worker_environment(workers.threads), start_workers(args, workers, q, service) as pool:
-            pending = {pool.submit(_work, s): s for s in remaining}
+            # One video per worker at a time (the executor would queue more): a batch
+            # that stops leaves the others unstarted.
+            waiting = deque(remaining)
             remaining = []
-            while pending:
+            pending: dict[cf.Future[VideoResult], VideoSource] = {}
+            broken = False
+            while pending or (waiting and not stop and not broken):
+                while waiting and not stop and not broken and len(pending) < workers.workers:
+                    source = waiting.popleft()
+                    fut: cf.Future[VideoResult] = cf.Future()
+                    try:
+                        fut = pool.submit(_work, source)
+                    except cf.process.BrokenProcessPool as exc:  # counted like a crash, so a pool that cannot start ends
+                        fut.set_exception(exc)
+                    pending[fut] = source
                 done, _ = cf.wait(pending, timeout=0.25, return_when=cf.FIRST_COMPLETED)
                 _drain(q, on_frames)
                 if service is not None:
@@ -166,16 +182,19 @@ def run_pool(
                     source = pending.pop(fut)
                     try:
                         result = fut.result()
+                        result.attempts += crashes.get(source, 0)
                     except cf.process.BrokenProcessPool:
+                        broken = True
                         crashes[source] = crashes.get(source, 0) + 1
                         if crashes[source] > 1:
-                            finished(VideoResult(str(source.path), source.video_id, "failed", "worker process crashed (tried twice)", attempts=2))
+                            result = VideoResult(str(source.path), source.video_id, "failed", "worker process crashed (tried twice)", attempts=2)
                         else:
                             log.warning("%s: a worker process crashed; trying the video again", source.path)
                             remaining.append(source)
-                        continue
-                    result.attempts += crashes.get(source, 0)
-                    finished(result)
+                            continue
+                    if not finished(result):
+                        stop = True
+            remaining += waiting
         _drain(q, on_frames)
 
 

@@ -117,14 +117,15 @@ def _gpu_share(device: str, plan: Plan, resources: dict[str, float]) -> float:
 def run_ray(
     sources: list[VideoSource],
     args: tuple[Path, Plan, str, bool],
-    finished: Callable[[VideoResult], None],
+    finished: Callable[[VideoResult], bool],
     on_frames: Callable[[int], Any],
     address: str | None = None,
 ) -> str:
     """Extract ``sources`` with one Ray task per video; ``args`` are the
     :class:`Extractor`'s (store, plan, device, force), with ``device`` possibly
-    ``auto`` (decided from the cluster).  ``finished`` gets every result,
-    ``on_frames`` the frames done.
+    ``auto`` (decided from the cluster).  ``finished`` gets every result and returns
+    False to stop the batch (the tasks left are cancelled: the store cannot be
+    written), ``on_frames`` the frames done.
 
     Uses the cluster this process is connected to; else connects to ``address``
     (``auto``: the cluster started on this machine with ``ray start``; or
@@ -166,7 +167,11 @@ def run_ray(
                 result.attempts = max(result.attempts, attempts.get(source.video_id, 1))
                 if result.status == "failed":  # the task's own log stays on its node
                     log.error("%s: %s", source.path, result.reason)
-                finished(result)
+                if not finished(result):
+                    for ref in pending:
+                        ray.cancel(ref)
+                    pending.clear()
+                    break
         frames, _ = ray.get(progress.state.remote())
         on_frames(frames - shown)
         return described

@@ -10,13 +10,18 @@ from vidaffect.io.video import VideoError
 
 @dataclass
 class VideoResult:
+    """What happened to one video.  A video with a failed stage is ``failed`` (its
+    ``reason`` names the stage) even when its other stages were stored (``stages``)."""
+
     path: str
     video_id: str
     status: str  # "done" | "skipped" | "failed"
     reason: str = ""
     frames: int = 0
     seconds: float = 0.0
-    stages: list[str] = field(default_factory=list)
+    stages: list[str] = field(default_factory=list)  # stages stored in this run
+    failed_stages: dict[str, str] = field(default_factory=dict)  # stage -> reason
+    fatal: bool = False  # the store cannot be written: no later video can succeed
     attempts: int = 1  # more than 1: a worker process crashed and the video was tried again
 
 
@@ -33,6 +38,7 @@ def failure_reason(exc: BaseException) -> str:
 @dataclass
 class Summary:
     results: list[VideoResult]
+    not_attempted: int = 0  # videos left when the batch stopped on a fatal result
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.results)
@@ -40,6 +46,11 @@ class Summary:
     @property
     def failed(self) -> list[VideoResult]:
         return [r for r in self.results if r.status == "failed"]
+
+    @property
+    def stopped(self) -> VideoResult | None:
+        """The fatal result the batch stopped on, if any."""
+        return next((r for r in self.results if r.fatal), None)
 
     @property
     def exit_code(self) -> int:
@@ -53,11 +64,15 @@ class Summary:
     def report(self) -> str:
         frames = sum(r.frames for r in self.results if r.status == "done")
         secs = sum(r.seconds for r in self.results if r.status == "done")
-        retried = self.retried
+        stopped, retried = self.stopped, self.retried
         lines = [
             f"{self.count('done')} done, {self.count('skipped')} skipped (up to date), {len(self.failed)} failed"
+            + (f", {self.not_attempted} not attempted" if self.not_attempted else "")
             + (f", {len(retried)} retried after a worker process crashed" if retried else "")
             + (f"; {frames} frames in {secs:.1f} s of stage work" if frames else "")
         ]
-        lines += [f"  FAILED {r.path}: {r.reason}" for r in self.failed]
+        # Videos in flight when the store failed fail the same way: the stop says it once.
+        lines += [f"  FAILED {r.path}: {r.reason}" for r in self.failed if not r.fatal]
+        if stopped is not None:
+            lines.append(f"stopped: {stopped.reason}" + (f" ({stopped.path})" if stopped.video_id else ""))
         return "\n".join(lines)

@@ -31,7 +31,8 @@ def builtin_recipes() -> list[str]:
 def load_recipe(name_or_path: str | Path | None = None) -> dict[str, Any]:
     """Load a recipe by built-in name (``thesis``) or path.
 
-    Returns ``{"name": str, "stages": {stage: {param: value}}, "train": {key: value}}``.
+    Returns ``{"name": str, "stages": {stage: {param: value}}, "train": {key: value},
+    "model": {size: value}}``.
     """
     name_or_path = name_or_path or DEFAULT_RECIPE
     path = Path(name_or_path)
@@ -49,9 +50,10 @@ def load_recipe(name_or_path: str | Path | None = None) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         raise ParameterError(f"recipe {name_or_path}: invalid YAML ({exc})") from None
     if not isinstance(data, dict) or not isinstance(data.get("stages", {}), dict):
-        raise ParameterError(f"recipe {name_or_path}: expected a mapping with 'stages' and 'train' sections")
+        raise ParameterError(f"recipe {name_or_path}: expected a mapping with 'stages', 'train' and 'model' sections")
     stages = {name: dict(params or {}) for name, params in (data.get("stages") or {}).items()}
-    return {"name": data.get("name", str(name_or_path)), "stages": stages, "train": dict(data.get("train") or {})}
+    sections = {key: dict(data.get(key) or {}) for key in ("train", "model")}
+    return {"name": data.get("name", str(name_or_path)), "stages": stages, **sections}
 
 
 def parse_assignments(items: list[str]) -> dict[str, dict[str, Any]]:

@@ -2,8 +2,14 @@
 
 Frames come out as upright RGB arrays with timestamps taken from their pts (variable
 frame rate is kept as it is); audio comes out downmixed to mono float32 and resampled,
-interleaved with the frames in container order.  Nothing is buffered beyond a packet,
-so memory does not depend on the video's length.
+interleaved with the frames in container order.  Nothing is buffered beyond a packet
+and a few frames, so memory does not depend on the video's length.
+
+Every frame the decoder outputs is kept, so frame k is line k of an annotation file
+made from the same video.  A frame whose pts is missing, or not later than the frame
+before (a repeated pts), keeps its place and gets a repaired timestamp:
+:class:`TimestampRepair` spreads such frames evenly between the neighbouring good
+timestamps and flags them (``Frame.repaired``; ``frames/repaired`` in the store).
 """
 
 from __future__ import annotations
@@ -11,10 +17,10 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -47,7 +53,7 @@ class VideoSource:
 
 @dataclass
 class VideoInfo:
-    path: str
+    path: str  # absolute, symlinks resolved: one source file has one path
     video_id: str
     size: int
     mtime: float
@@ -59,27 +65,39 @@ class VideoInfo:
     rotation: int  # degrees counter-clockwise applied to make frames upright
     codec: str
     has_audio: bool
+    # Timestamps of every decoded frame, when the engine counted the frames before
+    # starting the stages (it does for stages that import rows made elsewhere); not
+    # stored as an attribute.
+    decoded_timestamps: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def attrs(self) -> dict:
-        return asdict(self)
+        attrs = asdict(self)
+        del attrs["decoded_timestamps"]
+        return attrs
 
 
 def find_videos(inputs: list[str | Path]) -> tuple[list[VideoSource], list[tuple[str, str]]]:
     """Expand files and folders (recursively) into video sources.
 
     Returns the sources and a list of (input, reason) for inputs that cannot be used
-    (missing path, a folder with no videos, a repeated id).
+    (missing path, a folder with no videos, a repeated id).  A file reached twice (a
+    folder and the file itself, or through a symlink) is one source, under the id it
+    got first.
     """
     sources: list[VideoSource] = []
     problems: list[tuple[str, str]] = []
     seen: dict[str, Path] = {}
+    files: set[Path] = set()
 
     def add(path: Path, video_id: str) -> None:
+        resolved = path.resolve()
+        if resolved in files:
+            return
         if video_id in seen:
-            if seen[video_id].resolve() != path.resolve():
-                problems.append((str(path), f"same video id {video_id!r} as {seen[video_id]}; pass their common folder instead"))
+            problems.append((str(path), f"same video id {video_id!r} as {seen[video_id]}; pass their common folder instead"))
             return
         seen[video_id] = path
+        files.add(resolved)
         sources.append(VideoSource(path, video_id))
 
     for item in inputs:
@@ -166,7 +184,7 @@ def probe(source: VideoSource) -> VideoInfo:
         )
         stat = os.stat(source.path)
         return VideoInfo(
-            path=os.path.abspath(source.path),
+            path=str(Path(source.path).resolve()),
             video_id=source.video_id,
             size=stat.st_size,
             mtime=stat.st_mtime,
@@ -187,6 +205,7 @@ def probe(source: VideoSource) -> VideoInfo:
 class Frame:
     timestamp: float  # seconds since the first frame
     image: np.ndarray | None  # (H, W, 3) uint8 RGB upright; None when images were not asked for
+    repaired: bool = False  # the pts was missing or repeated; the timestamp is interpolated
 
 
 @dataclass
@@ -195,14 +214,76 @@ class AudioChunk:
     samples: np.ndarray  # (n,) float32 mono at AUDIO_RATE
 
 
+class TimestampRepair:
+    """Increasing timestamps for a stream of frames whose pts may be missing or repeated.
+
+    Feed each frame's pts in seconds (None when missing) with :meth:`push`, then call
+    :meth:`flush`; both return ``(timestamp, repaired, item)`` in input order, one per
+    frame pushed, so no frame is ever dropped.  A frame whose time is missing or not
+    later than the previous frame's is held until the next frame with a later time
+    arrives, and the held frames are spread evenly between the two.  After ``lookahead``
+    held frames (a long run without usable pts), or at the end, held frames are placed
+    ``step`` seconds apart after the last timestamp.
+
+    Parameters
+    ----------
+    step : float
+        Seconds between frames where nothing better is known (1 / the nominal rate).
+    lookahead : int, default 8
+        Frames held at most while waiting for a usable time (memory: decoded frames).
+    """
+
+    def __init__(self, step: float, lookahead: int = 8) -> None:
+        self.step = step
+        self.lookahead = lookahead
+        self.last: float | None = None
+        self.held: list[Any] = []
+        self.repaired = 0  # frames given a repaired timestamp so far
+
+    def push(self, t: float | None, item: Any) -> list[tuple[float, bool, Any]]:
+        if t is not None and (self.last is None or t > self.last):
+            out = self._spread(t)
+            out.append((t, False, item))
+            self.last = t
+            return out
+        self.held.append(item)
+        return self._extrapolate(len(self.held) - self.lookahead)
+
+    def flush(self) -> list[tuple[float, bool, Any]]:
+        return self._extrapolate(len(self.held))
+
+    def _spread(self, t: float) -> list[tuple[float, bool, Any]]:
+        n = len(self.held)
+        if not n:
+            return []
+        if self.last is None:  # frames before the first usable pts
+            times = t - self.step * np.arange(n, 0, -1)
+        else:
+            times = self.last + (t - self.last) * np.arange(1, n + 1) / (n + 1)
+        out = [(float(ti), True, item) for ti, item in zip(times, self.held, strict=True)]
+        self.repaired += n
+        self.held = []
+        return out
+
+    def _extrapolate(self, n: int) -> list[tuple[float, bool, Any]]:
+        out = []
+        for item in self.held[: max(n, 0)]:
+            self.last = 0.0 if self.last is None else self.last + self.step
+            out.append((self.last, True, item))
+        self.repaired += len(out)
+        self.held = self.held[len(out) :]
+        return out
+
+
 def decode(
     info: VideoInfo, *, images: bool = True, audio: bool = True, audio_rate: int = AUDIO_RATE
 ) -> Iterator[Frame | AudioChunk]:
     """Decode a video once, yielding frames and audio chunks in container order.
 
-    Timestamps are the frames' pts in seconds, relative to the first frame.  Audio
-    chunks carry their start time on the same clock, so audio that starts before or
-    after the picture stays aligned.
+    Timestamps are the frames' pts in seconds, relative to the first frame; every
+    decoded frame is yielded, those with a missing or repeated pts with a repaired
+    timestamp (:class:`TimestampRepair`).  Audio chunks carry their start time on the
+    same clock, so audio that starts before or after the picture stays aligned.
     """
     import av
 
@@ -219,29 +300,32 @@ def decode(
         t0: float | None = None
         pending_audio: list[AudioChunk] = []  # audio that arrives before the first frame
         audio_next: float | None = None  # expected start of the next resampled chunk
-        last_pts = None
+        repair = TimestampRepair(1.0 / info.fps if info.fps > 0 else 1.0 / 25)
+
+        def frames_out(timed: list[tuple[float, bool, Any]]) -> Iterator[Frame | AudioChunk]:
+            nonlocal t0
+            for t, repaired, frame in timed:
+                if t0 is None:
+                    t0 = t
+                    yield from (AudioChunk(c.start - t0, c.samples) for c in pending_audio)
+                    pending_audio.clear()
+                image: np.ndarray | None = None
+                if images:
+                    image = frame.to_ndarray(format="rgb24")
+                    if k:
+                        image = np.ascontiguousarray(np.rot90(image, k))
+                yield Frame(t - t0, image, repaired)
+
         for packet in container.demux(*streams):
             try:
-                frames = packet.decode()
+                decoded = packet.decode()
             except av.error.InvalidDataError as exc:
                 log.warning("%s: skipped a corrupt packet (%s)", info.path, _reason(exc))
                 continue
-            for frame in frames:
+            for frame in decoded:
                 if isinstance(frame, av.VideoFrame):
-                    if frame.pts is None or frame.pts == last_pts:
-                        continue  # duplicated or untimed frames carry no new picture time
-                    last_pts = frame.pts
-                    t = _seconds(frame.pts, frame.time_base)
-                    if t0 is None:
-                        t0 = t
-                        yield from (AudioChunk(c.start - t0, c.samples) for c in pending_audio)
-                        pending_audio.clear()
-                    image: np.ndarray | None = None
-                    if images:
-                        image = frame.to_ndarray(format="rgb24")
-                        if k:
-                            image = np.ascontiguousarray(np.rot90(image, k))
-                    yield Frame(t - t0, image)
+                    t = _seconds(frame.pts, frame.time_base) if frame.pts is not None else None
+                    yield from frames_out(repair.push(t, frame))
                 elif isinstance(frame, av.AudioFrame):
                     if audio_next is None:
                         audio_next = _seconds(frame.pts, frame.time_base) if frame.pts is not None else 0.0
@@ -253,6 +337,13 @@ def decode(
                             pending_audio.append(chunk)
                         else:
                             yield AudioChunk(chunk.start - t0, chunk.samples)
+        yield from frames_out(repair.flush())
+        if repair.repaired:
+            log.warning(
+                "%s: %d frame(s) had a missing or repeated pts; kept, with interpolated timestamps (frames/repaired)",
+                info.path,
+                repair.repaired,
+            )
         if resampler is not None and audio_next is not None:
             for out in resampler.resample(None):
                 chunk = _audio_chunk(out, audio_next)
@@ -262,6 +353,12 @@ def decode(
         raise VideoError(f"decoding failed ({_reason(exc)})") from None
     finally:
         container.close()
+
+
+def frame_timestamps(info: VideoInfo) -> np.ndarray:
+    """Timestamps of every decoded frame (a decoding pass without pictures or audio),
+    exactly as :func:`decode` gives them."""
+    return np.array([item.timestamp for item in decode(info, images=False, audio=False) if isinstance(item, Frame)], np.float64)
 
 
 def _seconds(pts: int, time_base: Fraction | None) -> float:

@@ -1,8 +1,10 @@
 """Encoding videos with PyAV: H.264 frames from numpy arrays, optionally with an AAC
-track, written under a temporary name and renamed when complete.
+track or the audio track of another video, written under a temporary name and renamed
+when complete.
 
 One writer serves every video vidaffect writes: the magnified face video of the
-``evm`` stage, the made clips of ``vidaffect bench`` and of the tests.
+``evm`` stage, ``vidaffect render``, the made clips of ``vidaffect bench`` and of the
+tests.
 """
 
 from __future__ import annotations
@@ -11,12 +13,19 @@ import os
 from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import av
 
 _MS = Fraction(1, 1000)
 _AUDIO_FRAME = 1024  # samples per AAC frame
 _CONTAINERS = {".mkv": "matroska", ".m4v": "mp4"}  # FFmpeg's muxer where it is not named like the suffix
+# Audio codecs (FFmpeg decoder names) that MP4 holds as they are; others are re-encoded as AAC.
+_MP4_AUDIO = ("aac", "mp3", "mp3float", "mp2", "mp2float", "ac3", "eac3", "opus", "alac", "flac")
+_AUDIO_LEAD = 0.5  # seconds of audio muxed ahead of the video, so the two stay interleaved
 
 
 class VideoWriter:
@@ -76,6 +85,25 @@ class VideoWriter:
         self.audio = self.container.add_stream("aac", rate=audio_rate, layout="mono") if audio_rate else None
         self._last_pts = -1
         self._audio_pts = 0
+        self._carried: _CarriedAudio | None = None
+        self._frames = 0
+        self.fps = fps
+
+    def carry_audio(self, source: str | Path) -> bool:
+        """Add the first audio track of the video ``source`` to this one (before any
+        frame is written): copied as it is when the container holds its codec, else
+        re-encoded as AAC.  Its clock is moved so that the source's first video frame
+        is at time 0, as in the frame timestamps :func:`vidaffect.io.video.decode`
+        gives.  It is muxed as the frames are written, so memory stays flat.  Returns
+        False when ``source`` has no audio track."""
+        if self.audio is not None:
+            raise ValueError(f"{self.path}: the writer already has an audio track")
+        carried = _CarriedAudio(source, self.container, copy=self.container.format.name != "mp4")
+        if carried.stream is None:
+            carried.close()
+            return False
+        self._carried = carried
+        return True
 
     def write(self, images: Iterable[np.ndarray], timestamps: Iterable[float] | None = None) -> None:
         """Encode frames.
@@ -99,6 +127,10 @@ class VideoWriter:
                 self._last_pts = frame.pts
             for packet in self.stream.encode(frame):
                 self.container.mux(packet)
+            if self._carried is not None:
+                now = self._last_pts / 1000 if times is not None else self._frames / self.fps
+                self._carried.mux_until(now + _AUDIO_LEAD)
+            self._frames += 1
 
     def write_audio(self, samples: np.ndarray) -> None:
         """Encode mono samples in [-1, 1] at ``audio_rate`` (the whole track, or the next
@@ -120,7 +152,10 @@ class VideoWriter:
 
     def close(self) -> Path:
         """Flush the encoders and publish the file under its final name."""
-        for stream in (self.stream, self.audio):
+        if self._carried is not None:
+            self._carried.mux_until(np.inf)
+            self._carried.close()
+        for stream in (self.stream, self.audio, self._carried.encoder if self._carried else None):
             if stream is not None:
                 for packet in stream.encode():
                     self.container.mux(packet)
@@ -130,5 +165,74 @@ class VideoWriter:
 
     def discard(self) -> None:
         """Stop and leave nothing behind."""
+        if self._carried is not None:
+            self._carried.close()
         self.container.close()
         self.tmp.unlink(missing_ok=True)
+
+
+class _CarriedAudio:
+    """The audio track of another file, read packet by packet into an output container
+    (see :meth:`VideoWriter.carry_audio`)."""
+
+    def __init__(self, source: str | Path, output: av.container.OutputContainer, copy: bool) -> None:
+        import av
+
+        self.input = av.open(str(source))
+        self.output = output
+        self.stream: av.stream.Stream | None = None
+        self.encoder: av.audio.stream.AudioStream | None = None
+        if not self.input.streams.audio:
+            return
+        src = self.input.streams.audio[0]
+        video = self.input.streams.video[0] if self.input.streams.video else None
+        start = video.start_time if video is not None and video.start_time is not None else 0
+        self.offset = float(start * video.time_base) if video is not None and video.time_base else 0.0
+        if copy or src.codec_context.name in _MP4_AUDIO:
+            self.stream = output.add_stream_from_template(src)
+        else:
+            # AAC needs a named layout; a file may only say how many channels it has
+            layout = {1: "mono", 2: "stereo"}.get(src.codec_context.channels, src.layout.name)
+            self.encoder = output.add_stream("aac", rate=src.rate, layout=layout)
+            self.resampler = av.AudioResampler(format="fltp", layout=layout, rate=src.rate)
+            self.stream = src
+        self.packets = self.input.demux(src)
+        self.pending: av.Packet | None = None
+
+    def mux_until(self, seconds: float) -> None:
+        """Mux the source's packets that start before ``seconds`` (output clock)."""
+        while True:
+            packet = self.pending if self.pending is not None else next(self.packets, None)
+            self.pending = None
+            if packet is None:
+                return
+            if packet.pts is None or packet.time_base is None:
+                continue  # a flush packet or one without time: nothing to place
+            start = float(packet.pts * packet.time_base) - self.offset
+            if start > seconds:
+                self.pending = packet
+                return
+            if start + float((packet.duration or 0) * packet.time_base) <= 0:
+                continue  # wholly before the first video frame
+            self._mux(packet, int(round(self.offset / packet.time_base)))
+
+    def _mux(self, packet: av.Packet, shift: int) -> None:
+        import av
+
+        if self.encoder is None:
+            assert packet.pts is not None  # mux_until skips packets without time
+            packet.pts -= shift
+            if packet.dts is not None:
+                packet.dts -= shift
+            packet.stream = self.stream
+            self.output.mux(packet)
+            return
+        for frame in packet.decode():
+            assert isinstance(frame, av.AudioFrame)
+            frame.pts = None
+            for out in self.resampler.resample(frame):
+                for encoded in self.encoder.encode(out):
+                    self.output.mux(encoded)
+
+    def close(self) -> None:
+        self.input.close()

@@ -4,10 +4,15 @@ a feature store fits it.
 A checkpoint is a ``torch.save`` of a plain dict (tensors, numbers, strings, lists,
 dicts only, so it loads with ``torch.load(weights_only=True)``)::
 
-    format            "vidaffect-checkpoint"; format_version 1
-    net               "full" | "without-mel" | "audio" | "pose"
+    format            "vidaffect-checkpoint"; format_version 2
+    net, head         e.g. "full", "lstm" (:data:`~vidaffect.learn.networks.NETWORKS`,
+                      :data:`~vidaffect.learn.heads.HEADS`)
+    sizes             the network sizes (the recipe's model: section)
     modalities        e.g. ["embed", "landmarks", "pose", "mel"]
     dims              {modality: values per frame}
+    validity          {modality: validity flags per frame}
+    window            {"seq_len", "hop"}: how a video is cut into windows
+                      (:mod:`vidaffect.learn.windows`)
     stages            extract stages the inputs come from, e.g. ["embed", "face", "pose", "mel"]
     state_dict        the network's weights
     stats             {modality: {"min": tensor (D,), "max": tensor (D,)}}: training-split
@@ -18,13 +23,16 @@ dicts only, so it loads with ``torch.load(weights_only=True)``)::
     epoch, metrics    when it was saved and the validation metrics then
     vidaffect_version, created
 
-Contract used by ``vidaffect predict``::
+Format 1 (before heads, validity inputs and blended windows) still loads: an LSTM head
+with the thesis's sizes, no validity inputs, windows of the run's ``seq_len``.
+
+Contract used by ``vidaffect predict`` (:mod:`vidaffect.learn.inference` does it)::
 
     loaded = load_model("runs/x/best.ckpt", device="cpu")
     with h5py.File(store) as h5:
         check_store(loaded, h5)                      # raises on other shapes, warns on other params
-        features, valid = vidaffect.learn.modalities.load_inputs(h5, loaded.modalities, start, stop)
-    pred, state = loaded.model(loaded.prepare(features), state)   # (1, n, 2), carry state on
+        features, validity = vidaffect.learn.modalities.load_inputs(h5, loaded.modalities, start, stop)
+    pred = loaded.model(loaded.prepare(features, validity))   # (1, n, 2), n <= loaded.seq_len
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ import json
 import logging
 import os
 import pickle
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -44,16 +52,21 @@ import torch
 
 from vidaffect import __version__
 from vidaffect.errors import InputNotFound, ParameterError
-from vidaffect.learn.dataset import Stats, normalize
+from vidaffect.learn.dataset import Stats, model_inputs
+from vidaffect.learn.heads import Sizes, head_spec
+from vidaffect.learn.hyper import resolve_sizes
 from vidaffect.learn.modalities import dataset_path, extract_hint, feature_dim, missing_stages, stages_for
-from vidaffect.learn.networks import AffectNet
+from vidaffect.learn.networks import AffectNet, net_spec
+from vidaffect.learn.windows import hop_for
 from vidaffect.stages import registry
 from vidaffect.stages.weights import RANDOM
 
 log = logging.getLogger(__name__)
 
 FORMAT = "vidaffect-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+FORMAT1_SIZES = {"rnn_hidden": 256, "dropout": 0.5}  # what format-1 networks were (thesis §3.2.2)
+FORMAT1_KEYS = {"lstm.": "head.rnn.", "classifier.": "head.out."}  # their weights' names -> today's
 SUMMARY_METRICS = ("ccc_mean", "valence_ccc", "arousal_ccc", "valence_rmse", "arousal_rmse")  # shown by `info`
 
 
@@ -85,14 +98,16 @@ class LoadedModel:
     Attributes
     ----------
     path : Path
-    net : str
-        Network name.
+    net, head : str
+        Network and temporal head.
     model : AffectNet
-        In eval mode on ``device``; ``model(inputs, state=None) -> (pred (B, S, 2), state)``.
+        In eval mode on ``device``; ``model(inputs, frames=None) -> pred (B, S, 2)``.
     modalities : list[str]
-        Inputs the network reads (keys of ``prepare``'s argument).
-    dims : dict[str, int]
-        Values per frame of each modality.
+        Inputs the network reads (keys of ``prepare``'s arguments).
+    dims, validity : dict[str, int]
+        Values and validity flags per frame of each modality.
+    seq_len, hop : int
+        The window geometry (:mod:`vidaffect.learn.windows`).
     stages : list[str]
         Extract stages the store must have.
     stats : Stats
@@ -109,9 +124,13 @@ class LoadedModel:
 
     path: Path
     net: str
-    model: AffectNet
+    head: str
+    model: torch.nn.Module
     modalities: list[str]
     dims: dict[str, int]
+    validity: dict[str, int]
+    seq_len: int
+    hop: int
     stages: list[str]
     stats: Stats
     provenance: dict[str, dict[str, Any]]
@@ -120,16 +139,25 @@ class LoadedModel:
     metrics: dict[str, Any] = field(default_factory=dict)
     device: str = "cpu"
 
-    def prepare(self, features: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        """Model inputs from raw features (as :func:`vidaffect.dataset.load_inputs`
-        returns them): the saved min-max normalisation, NaN (missing) -> 0, float32
-        tensors on the model's device.  (n, D) arrays get a leading batch axis, so
-        the result goes straight into ``model``; (B, n, D) arrays keep their shape."""
+    @property
+    def causal(self) -> bool:
+        return bool(self.model.causal)
+
+    def arrays(self, features: dict[str, np.ndarray], validity: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Model inputs as float32 arrays (..., D + V) from raw features and validity
+        flags (as :func:`vidaffect.learn.modalities.load_inputs` returns them): the
+        saved min-max normalisation, NaN (missing) -> 0, validity flags appended."""
         missing = [m for m in self.modalities if m not in features]
         if missing:
             raise ParameterError(f"model {self.path} needs {', '.join(missing)} features")
+        return model_inputs({m: features[m] for m in self.modalities}, validity, self.stats, self.validity)
+
+    def prepare(self, features: dict[str, np.ndarray], validity: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        """:meth:`arrays` as tensors on the model's device.  (n, D) arrays get a
+        leading batch axis, so the result goes straight into ``model``; (B, n, D)
+        arrays keep their shape."""
         out = {}
-        for m, x in normalize({m: features[m] for m in self.modalities}, self.stats).items():
+        for m, x in self.arrays(features, validity).items():
             t = torch.from_numpy(x)
             out[m] = (t[None] if t.ndim == 2 else t).to(self.device)
         return out
@@ -143,18 +171,24 @@ def save(
     config: dict[str, Any],
     epoch: int,
     metrics: dict[str, Any],
+    seq_len: int,
     resume: dict[str, Any] | None = None,
 ) -> None:
     """Write a checkpoint atomically (temporary file, then rename), so an interrupted
-    run never leaves a truncated ``best.ckpt``.  ``resume`` (optimizer and scheduler
-    state, early-stopping counters) goes into ``last.ckpt`` for `train --resume`."""
+    run never leaves a truncated ``best.ckpt``.  ``seq_len`` is the window length the
+    model was trained on; ``resume`` (optimizer and scheduler state, early-stopping
+    counters) goes into ``last.ckpt`` for `train --resume`."""
     path = Path(path)
     ckpt = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "net": model.net,
+        "head": model.head_name,
+        "sizes": asdict(model.sizes),
         "modalities": list(model.modalities),
         "dims": dict(model.dims),
+        "validity": dict(model.validity),
+        "window": {"seq_len": int(seq_len), "hop": hop_for(seq_len)},
         "stages": stages_for(model.modalities),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "stats": {m: {k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in s.items()} for m, s in stats.items()},
@@ -186,7 +220,36 @@ def read(path: str | Path) -> dict[str, Any]:
         raise ParameterError(f"{path}: not a vidaffect checkpoint (made by `vidaffect train`)")
     if ckpt.get("format_version", 0) > FORMAT_VERSION:
         raise ParameterError(f"{path}: checkpoint format {ckpt['format_version']} is newer than this vidaffect reads; upgrade vidaffect")
+    if ckpt.get("format_version", 1) < 2:
+        ckpt = _from_format1(path, ckpt)
     return ckpt
+
+
+def _from_format1(path: Path, ckpt: dict[str, Any]) -> dict[str, Any]:
+    """A format-1 checkpoint in today's terms: LSTM head, no validity inputs, the
+    run's seq_len as the window."""
+    seq_len = ckpt.get("config", {}).get("seq_len")
+    if not seq_len:
+        raise ParameterError(f"{path}: this older checkpoint does not record its sequence length (config seq_len)")
+    renamed = {}
+    for key, value in ckpt["state_dict"].items():
+        for old, new in FORMAT1_KEYS.items():
+            if key.startswith(old):
+                key = new + key[len(old) :]
+        renamed[key] = value
+    return {
+        **ckpt,
+        "head": "lstm",
+        "sizes": asdict(resolve_sizes(None, FORMAT1_SIZES)),
+        "validity": {m: 0 for m in ckpt["modalities"]},
+        "window": {"seq_len": int(seq_len), "hop": hop_for(int(seq_len))},
+        "state_dict": renamed,
+    }
+
+
+def build_network(ckpt: dict[str, Any]) -> AffectNet:
+    """The untrained network a checkpoint (as :func:`read` returns it) describes."""
+    return AffectNet(ckpt["net"], ckpt["head"], Sizes(**ckpt["sizes"]), ckpt["dims"], ckpt["validity"])
 
 
 def load_model(path: str | Path, device: str = "cpu") -> LoadedModel:
@@ -195,7 +258,7 @@ def load_model(path: str | Path, device: str = "cpu") -> LoadedModel:
     Parameters
     ----------
     path : str or Path
-        A ``.ckpt`` written by ``vidaffect train``.
+        A ``.ckpt`` written by ``vidaffect train`` (any format up to :data:`FORMAT_VERSION`).
     device : str, default "cpu"
         Torch device for the model and the tensors :meth:`LoadedModel.prepare` makes.
 
@@ -209,7 +272,7 @@ def load_model(path: str | Path, device: str = "cpu") -> LoadedModel:
         Missing file, not a vidaffect checkpoint, weights that do not fit the network.
     """
     ckpt = read(path)
-    model = AffectNet(ckpt["net"], ckpt["dims"])
+    model = build_network(ckpt)
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as exc:
@@ -226,9 +289,13 @@ def load_model(path: str | Path, device: str = "cpu") -> LoadedModel:
     return LoadedModel(
         path=Path(path),
         net=ckpt["net"],
+        head=ckpt["head"],
         model=model,
         modalities=list(ckpt["modalities"]),
         dims={m: int(d) for m, d in ckpt["dims"].items()},
+        validity={m: int(d) for m, d in ckpt["validity"].items()},
+        seq_len=int(ckpt["window"]["seq_len"]),
+        hop=int(ckpt["window"]["hop"]),
         stages=list(ckpt["stages"]),
         stats={m: {k: v.numpy() for k, v in s.items()} for m, s in ckpt["stats"].items()},
         provenance=provenance,
@@ -281,18 +348,23 @@ def check_store(loaded: LoadedModel, h5: h5py.File) -> None:
 
 
 def describe(path: str | Path) -> str:
-    """What ``vidaffect info CKPT`` prints: network, inputs, training, provenance."""
+    """What ``vidaffect info CKPT`` prints: network, head, inputs, windows, training,
+    provenance."""
     ckpt = read(path)
     cfg = ckpt.get("config", {})
+    sizes = ckpt["sizes"]
+    size_names = (("dropout",) if net_spec(ckpt["net"]).layers else ()) + head_spec(ckpt["head"]).sizes
+    window = ckpt["window"]
     lines = [
         f"{path}: vidaffect checkpoint (format {ckpt['format_version']}, vidaffect {ckpt.get('vidaffect_version', '?')}, "
         f"{ckpt.get('created', '?')})",
-        f"  network   {ckpt['net']}",
-        "  inputs    " + ", ".join(f"{m} {ckpt['dims'][m]}" for m in ckpt["modalities"]),
+        f"  network   {ckpt['net']}, head {ckpt['head']} (" + ", ".join(f"{k} {sizes[k]}" for k in size_names) + ")",
+        "  inputs    " + ", ".join(f"{m} {ckpt['dims'][m]} + validity {ckpt['validity'].get(m, 0)}" for m in ckpt["modalities"]),
+        f"  windows   {window['seq_len']} frames from a fresh state, every {window['hop']} frames, blended",
         f"  stages    {', '.join(ckpt['stages'])}",
         f"  epoch     {ckpt.get('epoch', '?')}",
     ]
-    hyper = ("loss", "seq_len", "batch_size", "epochs", "lr", "momentum", "weight_decay", "seed")
+    hyper = ("loss", "optimizer", "seq_len", "batch_size", "epochs", "lr", "momentum", "weight_decay", "seed")
     lines.append("  training  " + ", ".join(f"{k} {cfg[k]}" for k in hyper if k in cfg))
     split = cfg.get("split", {})
     if split:

@@ -5,17 +5,31 @@ from a store.
 
 With the default stages and parameters the table is:
 
-==========  ============================  ======  ==============================
-modality    store dataset                 size    stage (``vidaffect extract``)
-==========  ============================  ======  ==============================
-landmarks   ``face/landmarks`` flattened  140     face
-pose        ``pose/keypoints`` x and y    36      pose
-embed       ``embed/<encoder>``           2048    embed
-mel         ``audio/mel``                 128     mel
-==========  ============================  ======  ==============================
+==========  ======================================  ======  ========  ================================
+modality    store dataset                           size    validity  stage
+==========  ======================================  ======  ========  ================================
+landmarks   ``face/landmarks`` flattened (pixels)   140     1         face
+mesh        ``face/mesh`` relative to ``face/bbox``  1434    1         face
+face_box    ``face/bbox`` / frame width and height  4       1         face
+pose        ``pose/keypoints`` x and y (pixels)     36      18        pose
+embed       ``embed/<encoder>``                     2048    1         embed
+evm         ``evm/<encoder>``                       2048    1         evm
+mel         ``audio/mel``                           128     1         mel
+head        ``head/angles``                         3       1         head
+gaze        ``gaze/angles``                         2       1         gaze
+egemaps     ``egemaps/lld``                         25      1         egemaps (``vidaffect[egemaps]``)
+==========  ======================================  ======  ========  ================================
 
-A frame whose ``<group>/valid`` is False (no face, no body, no audio) reads as NaN; so
-does a keypoint with confidence 0 (not detected).
+``mesh`` is centred on the face box and divided by the box's width (which, unlike its
+height, does not change when the mouth opens), so the face's position and size in the
+picture drop out and its shape and depth remain.
+
+A frame whose ``<group>/valid`` is False (no face, no body, no audio) reads as NaN, and
+so does a keypoint with confidence 0 (not detected).  Beside the values each modality
+has a validity input, so that "missing" differs from "at the training minimum" (both
+are 0 after normalisation): one flag per frame (the stage's ``valid`` and at least one
+finite value; an imported face without a mesh has no valid ``mesh``), or one per point
+for keypoint modalities.
 """
 
 from __future__ import annotations
@@ -41,10 +55,11 @@ class Modality:
 
     name: the modality's name (``landmarks``).
     stage, group: the stage that writes it and its HDF5 group.
-    source: the stage's declaration (dataset name, keypoints or not).
+    source: the stage's declaration (dataset name, keypoints or not, coordinates).
     defaults: the stage's default parameters (they fill ``{encoder}`` in a dataset name
         when a store records none).
     dim: values per frame with the stage's default parameters.
+    validity_dim: validity flags per frame (1, or the number of keypoints).
     """
 
     name: str
@@ -53,6 +68,7 @@ class Modality:
     source: ModelInput
     defaults: dict[str, Any]
     dim: int
+    validity_dim: int
 
 
 def _width(shape: tuple[int, ...], source: ModelInput) -> int:
@@ -60,6 +76,11 @@ def _width(shape: tuple[int, ...], source: ModelInput) -> int:
     if source.keypoints:
         shape = (*shape[:-1], 2)
     return int(math.prod(shape))
+
+
+def _validity_width(shape: tuple[int, ...], source: ModelInput) -> int:
+    """Validity flags per frame: one per keypoint, else one."""
+    return int(math.prod(shape[:-1])) if source.keypoints else 1
 
 
 def _modalities() -> dict[str, Modality]:
@@ -70,12 +91,15 @@ def _modalities() -> dict[str, Modality]:
         outputs = stage.outputs()
         for name, source in cls.model_inputs.items():
             shape = outputs[source.dataset_name(params)].shape
-            table[name] = Modality(name, cls.name, cls.group_name(), source, params, _width(shape, source))
+            table[name] = Modality(
+                name, cls.name, cls.group_name(), source, params, _width(shape, source), _validity_width(shape, source)
+            )
     return table
 
 
 MODALITIES: dict[str, Modality] = _modalities()
 DIMS: dict[str, int] = {name: m.dim for name, m in MODALITIES.items()}  # with default stage parameters
+VALIDITY_DIMS: dict[str, int] = {name: m.validity_dim for name, m in MODALITIES.items()}
 
 
 def stages_for(modalities: Iterable[str]) -> list[str]:
@@ -110,8 +134,30 @@ def feature_dim(h5: h5py.File, modality: str) -> int:
     return _width(h5[dataset_path(h5, modality)].shape[1:], MODALITIES[modality].source)
 
 
+def validity_dim(h5: h5py.File, modality: str) -> int:
+    """Validity flags per frame :func:`load_inputs` gives for ``modality`` in this store."""
+    return _validity_width(h5[dataset_path(h5, modality)].shape[1:], MODALITIES[modality].source)
+
+
 def frame_count(h5: h5py.File) -> int:
     return int(h5["frames/timestamp"].shape[0])
+
+
+def _relative(h5: h5py.File, group: str, rows: np.ndarray, relative_to: str, start: int, stop: int | None) -> np.ndarray:
+    """Pixel coordinates made comparable across videos (see :class:`ModelInput`)."""
+    if relative_to == "frame":
+        try:
+            width, height = float(h5.attrs["width"]), float(h5.attrs["height"])
+        except KeyError:
+            raise ParameterError(f"{h5.filename}: the store does not record the frame size (width, height)") from None
+        return rows / np.array([width, height, width, height], np.float32)
+    box = h5[f"{group}/{relative_to}"][start:stop].astype(np.float32)
+    centre = box[:, :2] + box[:, 2:] / 2
+    with np.errstate(invalid="ignore"):
+        scale = np.where(box[:, 2] > 0, box[:, 2], np.nan)
+    out = rows.copy()
+    out[..., :2] -= centre[:, None, :]
+    return out / scale[:, None, None]
 
 
 def load_inputs(
@@ -124,7 +170,7 @@ def load_inputs(
     h5 : h5py.File
         An open feature store.
     modalities : iterable of str
-        Names from :data:`MODALITIES` (``embed``, ``landmarks``, ``pose``, ``mel``).
+        Names from :data:`MODALITIES` (``embed``, ``landmarks``, ``pose``, ``mel``, ...).
     start : int, default 0
         First frame.
     stop : int or None, default None
@@ -133,10 +179,13 @@ def load_inputs(
     Returns
     -------
     features : dict[str, np.ndarray]
-        modality -> (n, D) float32, not normalised; NaN where the frame lacks the
-        modality (its ``valid`` flag is False) and for undetected keypoints.
-    valid : dict[str, np.ndarray]
-        modality -> (n,) bool, the store's ``<group>/valid`` flag.
+        modality -> (n, D) float32, not normalised (coordinates made relative as the
+        stage declares); NaN where the frame lacks the modality (its ``valid`` flag is
+        False) and for undetected keypoints.
+    validity : dict[str, np.ndarray]
+        modality -> (n, V) bool: V = 1 (the frame has the modality: its ``valid`` flag
+        and at least one finite value), or one flag per keypoint (detected in a valid
+        frame).
 
     Raises
     ------
@@ -148,14 +197,20 @@ def load_inputs(
     missing = missing_stages(h5, modalities)
     if missing:
         raise ParameterError(f"{h5.filename}: no {', '.join(missing)} features; {extract_hint(Path(h5.filename).parent, missing)}")
-    features, valid = {}, {}
+    features, validity = {}, {}
     for m in modalities:
-        group = MODALITIES[m].group
-        rows = h5[dataset_path(h5, m)][start:stop]
-        if MODALITIES[m].source.keypoints:
-            rows = np.where(rows[..., -1:] > 0, rows[..., :2], np.nan)
-        x = rows.reshape(len(rows), -1).astype(np.float32)
-        ok = h5[f"{group}/valid"][start:stop].astype(bool) if f"{group}/valid" in h5 else np.ones(len(x), bool)
+        spec = MODALITIES[m]
+        rows = h5[dataset_path(h5, m)][start:stop].astype(np.float32)
+        ok = h5[f"{spec.group}/valid"][start:stop].astype(bool) if f"{spec.group}/valid" in h5 else np.ones(len(rows), bool)
+        if spec.source.keypoints:
+            found = (rows[..., -1] > 0) & ok[:, None]
+            rows = rows[..., :2]
+        if spec.source.relative_to:
+            rows = _relative(h5, spec.group, rows, spec.source.relative_to, start, stop)
+        if spec.source.keypoints:
+            rows = np.where(found[..., None], rows, np.nan)
+        x = np.ascontiguousarray(rows.reshape(len(rows), -1))
         x[~ok] = np.nan
-        features[m], valid[m] = x, ok
-    return features, valid
+        features[m] = x
+        validity[m] = found if spec.source.keypoints else (ok & np.isfinite(x).any(axis=1))[:, None]
+    return features, validity

@@ -10,13 +10,23 @@ Writing a stage:
 * subclass :class:`Stage`, set ``name`` (what ``--stages`` and recipes call it),
   ``group`` (the HDF5 group, defaults to ``name``), ``version`` (bump it when the
   output changes for the same parameters, so caches re-run), ``requires`` (stages
-  whose datasets it reads, e.g. ``("face",)``), ``Params`` (a
+  whose datasets it reads, e.g. ``("face",)``; ``can_do_without`` names those it
+  still runs without when they fail on a video), ``Params`` (a
   :class:`~vidaffect.stages.params.StageParams` dataclass whose fields are the one
   place those defaults and their allowed values live) and ``model_inputs`` (datasets
   the networks read, see :class:`ModelInput`);
 * implement :meth:`Stage.outputs` and :meth:`Stage.open`, which returns a
   :class:`StageRun` for one video;
 * add it to :data:`vidaffect.stages.registry.STAGE_CLASSES`.
+
+A stage that reads files made elsewhere (an import) lists them in
+:meth:`Stage.imported_files`: their names, sizes and modification times are part of
+the stage's cache key for that video, and the engine gives such a stage the
+timestamps of every decoded frame before it starts (``VideoInfo.decoded_timestamps``).
+
+Each stage of a video succeeds or fails on its own: a stage that raises is left out of
+the store, stages that require it fail with it (or, when they ``can_do_without`` it, run
+without its rows and say so in a ``note``), and the others are stored.
 
 A run's :meth:`StageRun.process` returns rows for the next frames, in order.  It may
 lag behind (the mel stage waits for audio) as long as :meth:`StageRun.finish` returns
@@ -48,11 +58,18 @@ class ModelInput:
     dataset: the dataset inside the stage's group; ``{name}`` fields are filled from
         the stage's parameters (``"{encoder}"`` -> ``resnet50``).
     keypoints: the dataset holds (x, y, confidence) points; the networks read x and y,
-        NaN where the confidence is 0 (the point was not found).
+        NaN where the confidence is 0 (the point was not found), and one validity
+        flag per point instead of one per frame.
+    relative_to: how pixel coordinates are made comparable across videos: ``""``
+        (as stored), ``"frame"`` (an ``(x, y, w, h)`` box divided by the frame's width
+        and height) or the name of a box dataset of the same group (points centred
+        on that box and divided by its width, so the face's position and size in the
+        picture drop out).
     """
 
     dataset: str
     keypoints: bool = False
+    relative_to: str = ""
 
     def dataset_name(self, params: dict[str, Any]) -> str:
         return self.dataset.format(**params)
@@ -106,6 +123,7 @@ class Stage(abc.ABC):
     group: ClassVar[str] = ""
     version: ClassVar[str] = "1"
     requires: ClassVar[tuple[str, ...]] = ()
+    can_do_without: ClassVar[tuple[str, ...]] = ()  # of requires: failures this stage survives
     uses_audio: ClassVar[bool] = False
     neural: ClassVar[bool] = False  # runs a network, which a GPU speeds up
     Params: ClassVar[type[StageParams]]
@@ -148,6 +166,12 @@ class Stage(abc.ABC):
     def open(self, info: VideoInfo, store_path: Path) -> StageRun:
         """Start one video.  ``store_path`` is the video's feature store; a stage may
         write side files next to it (e.g. a magnified face video)."""
+
+    def imported_files(self, info: VideoInfo) -> list[Path] | None:
+        """The files made elsewhere that this stage reads for the video (None: it reads
+        none).  Raises (e.g. :class:`~vidaffect.errors.InputNotFound`) when they are
+        missing; the stage then fails on that video with that message."""
+        return None
 
     def audio_rate(self) -> int:
         """Sample rate (Hz) the stage wants audio at, when ``uses_audio``."""

@@ -14,7 +14,7 @@ import numpy as np
 
 from vidaffect.io.video import VideoInfo
 from vidaffect.io.video_writer import VideoWriter
-from vidaffect.stages.base import Batch, StageRun
+from vidaffect.stages.base import Batch, ModelInput, StageRun
 from vidaffect.stages.crop import CROP_SIZE
 from vidaffect.stages.embed import CropRun, EncoderParams, EncoderStage
 from vidaffect.stages.magnify import EvmSettings, Magnifier, frame_rate
@@ -100,6 +100,7 @@ class EvmStage(EncoderStage):
     group = "evm"
     version = "1"
     Params = EvmParams
+    model_inputs = {"evm": ModelInput("{encoder}")}
     params: EvmParams
 
     def open(self, info: VideoInfo, store_path: Path) -> StageRun:

@@ -66,7 +66,7 @@ from vidaffect.io.video import VideoInfo
 from vidaffect.stages.base import Batch, ModelInput, Stage, StageRun
 from vidaffect.stages.boxes import points_box
 from vidaffect.stages.face_tracker import FaceTracker, TrackerSettings
-from vidaffect.stages.imports import IMPORT_MATCHES, check_import_params, open_import
+from vidaffect.stages.imports import IMPORT_MATCHES, check_import_params, import_files, open_import
 from vidaffect.stages.layouts import FACE_POINTS, IBUG_POINTS, MESH_POINTS
 from vidaffect.stages.openface import read_openface
 from vidaffect.stages.openpose import read_openpose
@@ -105,7 +105,11 @@ class FaceStage(Stage):
     group = "face"
     version = "1"
     Params = FaceParams
-    model_inputs = {"landmarks": ModelInput("landmarks")}
+    model_inputs = {
+        "landmarks": ModelInput("landmarks"),
+        "mesh": ModelInput("mesh", relative_to="bbox"),
+        "face_box": ModelInput("bbox", relative_to="frame"),
+    }
     params: FaceParams
 
     def __init__(self, params: FaceParams | None = None, device: str = "cpu") -> None:
@@ -118,6 +122,9 @@ class FaceStage(Stage):
 
     def outputs(self) -> dict[str, Output]:
         return face_outputs()
+
+    def imported_files(self, info: VideoInfo) -> list[Path] | None:
+        return import_files(self.params, info.video_id) if self.params.backend != "mediapipe" else None
 
     def open(self, info: VideoInfo, store_path: Path) -> StageRun:
         p = self.params

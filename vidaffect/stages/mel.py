@@ -3,10 +3,14 @@
 The STFT runs over the audio stream as it is decoded (centred frames, zero padding at
 both ends, as ``librosa.stft(center=True)``), so memory stays flat in video length.
 Row t of the output is the mean Mel *power* of the STFT frames whose centres fall in
-frame t's time span [timestamp_t, timestamp_{t+1}), converted to dB
+frame t's time span [timestamp_t, timestamp_{t+1}) (:mod:`.align`), converted to dB
 (``10 log10(max(power, amin))``, reference 1.0, no top_db clipping).  When a span holds
 no STFT centre (video above sr/hop ≈ 43 frames/s) the STFT frame nearest to the span's
 middle is used.  Spans outside the audio are invalid (NaN, ``valid`` False).
+
+A silent track is audio like any other (its rows are valid, at the ``amin`` floor for
+digital silence), but its group ``note`` says ``silent`` and ``peak_dbfs`` gives the
+track's peak level (:func:`.align.level_attrs`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import numpy as np
 
 from vidaffect.io.store import Output
 from vidaffect.io.video import VideoInfo
+from vidaffect.stages.align import FrameAligner, level_attrs
 from vidaffect.stages.base import Batch, ModelInput, Stage, StageRun
 from vidaffect.stages.params import StageParams, param
 
@@ -111,79 +116,35 @@ class MelRun(StageRun):
         super().__init__()
         self.p = p
         self.mel = StreamingMel(p)
-        self.frame_interval = 1.0 / info.fps if info.fps > 0 else 0.04
-        self.pending: list[float] = []  # timestamps of frames without a row yet
-        self.times = np.empty(0)  # centre times of STFT frames not yet consumed
-        self.power = np.empty((0, p.n_mels), np.float32)
-        self.audio_end: float | None = None  # seconds, known once the audio has ended
+        self.aligner = FrameAligner(p.n_mels, 1.0 / info.fps if info.fps > 0 else 0.04)
+        self.peak = 0.0  # largest sample magnitude so far
         if not info.has_audio:
             self.attrs["note"] = "no audio track"
 
     def add_audio(self, samples: np.ndarray, start: float) -> None:
-        self._extend(*self.mel.push(samples, start))
+        if self.aligner.audio_start is None:
+            self.aligner.audio_start = start
+        if len(samples):
+            self.peak = max(self.peak, float(np.abs(samples).max()))
+        self.aligner.add(*self.mel.push(samples, start))
 
     def process(self, batch: Batch) -> dict[str, np.ndarray]:
         if "note" in self.attrs:  # no audio will come: answer now instead of holding rows
             n = len(batch)
             return {"mel": np.full((n, self.p.n_mels), np.nan, np.float32), "valid": np.zeros(n, bool)}
-        self.pending.extend(batch.timestamps.tolist())
-        return self._rows(final=False)
+        return self._rows(*self.aligner.rows(batch.timestamps))
 
     def finish(self) -> dict[str, np.ndarray]:
-        self._extend(*self.mel.flush())
+        self.aligner.add(*self.mel.flush())
         if self.mel.start is not None:
-            self.audio_end = self.mel.start + self.mel.samples / self.p.sr
+            self.aligner.audio_end = self.mel.start + self.mel.samples / self.p.sr
+            self.attrs.update(level_attrs(self.peak))
         elif "note" not in self.attrs:
             self.attrs["note"] = "audio track has no samples"
-        return self._rows(final=True)
+        return self._rows(*self.aligner.rows([], final=True))
 
-    def _extend(self, times: np.ndarray, power: np.ndarray) -> None:
-        if len(times):
-            self.times = np.concatenate([self.times, times])
-            self.power = np.concatenate([self.power, power])
-
-    def _rows(self, final: bool) -> dict[str, np.ndarray]:
-        """Rows for pending frames whose span is fully covered by computed STFT frames."""
-        rows, valid = [], []
-        done = 0
-        for i, t in enumerate(self.pending):
-            if i + 1 < len(self.pending):
-                end = self.pending[i + 1]
-            elif final:
-                end = t + self.frame_interval
-            else:
-                break
-            if not final and (not len(self.times) or self.times[-1] < end):
-                break  # the audio has not reached the end of this span yet
-            row, ok = self._row(t, end)
-            rows.append(row)
-            valid.append(ok)
-            done += 1
-        self.pending = self.pending[done:]
-        if done:
-            # Keep one STFT frame before the next span for the nearest-frame fallback.
-            t_next = self.pending[0] if self.pending else np.inf
-            keep = max(int(np.searchsorted(self.times, t_next)) - 1, 0)
-            self.times, self.power = self.times[keep:], self.power[keep:]
-        mel = np.array(rows, np.float32).reshape(-1, self.p.n_mels)
-        return {"mel": mel, "valid": np.array(valid, bool)}
-
-    def _row(self, start: float, end: float) -> tuple[np.ndarray, bool]:
-        nan = np.full(self.p.n_mels, np.nan, np.float32)
-        if not len(self.times) or self.mel.start is None:
-            return nan, False
-        audio_start = self.mel.start
-        audio_end = self.audio_end if self.audio_end is not None else np.inf
-        if end <= audio_start or start >= audio_end:
-            return nan, False
-        lo, hi = np.searchsorted(self.times, [start, end])
-        if hi > lo:
-            power = self.power[lo:hi].mean(axis=0)
-        else:
-            mid = 0.5 * (start + end)
-            j = int(np.argmin(np.abs(self.times - mid)))
-            power = self.power[j]
-        return power_to_db(power, self.p.amin).astype(np.float32), True
+    def _rows(self, power: np.ndarray, valid: np.ndarray) -> dict[str, np.ndarray]:
+        return {"mel": power_to_db(power, self.p.amin).astype(np.float32), "valid": valid}
 
 
 class MelStage(Stage):
@@ -192,7 +153,7 @@ class MelStage(Stage):
 
     name = "mel"
     group = "audio"
-    version = "1"
+    version = "2"
     uses_audio = True
     Params = MelParams
     model_inputs = {"mel": ModelInput("mel")}

@@ -56,8 +56,12 @@ def read_openface(path: str | Path) -> Imported:
     has_eyes = all(c in column for c in iris)
     optional = [c for c in ("face_id", "timestamp") if c in column]
     names = wanted + optional + (iris if has_eyes else [])
+    import pandas as pd
+
+    usecols = [column[c] for c in names]
     try:
-        table = np.loadtxt(path, delimiter=",", skiprows=1, usecols=[column[c] for c in names], ndmin=2, dtype=np.float64)
+        # pandas, not np.loadtxt: an empty field (a value the writer did not have) is NaN
+        table = pd.read_csv(path, header=None, skiprows=1, usecols=usecols, skipinitialspace=True, dtype=np.float64)[usecols].to_numpy()
     except ValueError as exc:
         raise ParameterError(f"{path}: unreadable OpenFace CSV ({str(exc).splitlines()[0]})") from None
     col = {name: table[:, i] for i, name in enumerate(names)}

@@ -1,15 +1,17 @@
 """Reading OpenPose ``--write_json`` folders into face or body rows.
 
-``<import_dir>/<video-id>/*_keypoints.json``, one file per frame, ordered by the frame
-number OpenPose puts before ``_keypoints.json`` (0-based; by file name when there is
-none).  ``people[].pose_keypoints_2d`` holds 18 (COCO) or 25 (BODY_25, mapped to COCO-18
-as :data:`.layouts.BODY25_TO_COCO18` says) ``x, y, confidence`` triples;
+``<import_dir>/<video-id>/*.json``, one file per frame, ordered by the frame number
+at the end of the name (``clip_000000000100_keypoints.json``, or ``frame000100.json``
+from an image folder; by file name when the names carry no number).
+``people[].pose_keypoints_2d`` holds 18 (COCO) or 25 (BODY_25, mapped to COCO-18 as
+:data:`.layouts.BODY25_TO_COCO18` says) ``x, y, confidence`` triples;
 ``people[].face_keypoints_2d`` 70 triples (OpenPose's face model has the 68 iBUG points
 and the pupils in vidaffect's order).  A point OpenPose did not find (confidence 0)
-becomes NaN with confidence 0.  With several people, the one overlapping the previous
-frame's choice is kept, else the most prominent (box area times mean confidence).
-Coordinates are stored as the tool wrote them (pixels, OpenPose's default
-``--keypoint_scale 0``).
+becomes NaN with confidence 0.  Faces: with several people, the one overlapping the
+previous frame's choice is kept, else the most prominent (box area times mean
+confidence).  Bodies: every person is kept (``Imported.people``); the pose stage
+chooses the one of the tracked face.  Coordinates are stored as the tool wrote them
+(pixels, OpenPose's default ``--keypoint_scale 0``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from vidaffect.stages.boxes import points_box, rank_candidates
 from vidaffect.stages.imports import Imported
 from vidaffect.stages.layouts import BODY_POINTS, FACE_POINTS, IBUG_POINTS, body25_to_coco18
 
-_OPENPOSE_NAME = re.compile(r"(\d+)_keypoints\.json$")
+_OPENPOSE_NAME = re.compile(r"(\d+)(?:_keypoints)?\.json$")
 
 
 def read_openpose(folder: str | Path, part: str) -> Imported:
@@ -43,16 +45,17 @@ def read_openpose(folder: str | Path, part: str) -> Imported:
     Returns
     -------
     Imported
+        For ``pose`` also ``people``: every person's keypoints per file.
     """
     folder = Path(folder)
-    files = sorted(folder.glob("*_keypoints.json"))
+    files = sorted(folder.glob("*.json"))
     if not files:
-        raise InputNotFound(f"{folder}: no OpenPose *_keypoints.json files in the folder")
+        raise InputNotFound(f"{folder}: no OpenPose .json files in the folder")
     numbers = [int(m.group(1)) for f in files if (m := _OPENPOSE_NAME.search(f.name))]
     if len(numbers) == len(files):
         frames = np.array(numbers, np.int64)
         if len(set(frames.tolist())) != len(frames):
-            raise ParameterError(f"{folder}: several *_keypoints.json files carry the same frame number")
+            raise ParameterError(f"{folder}: several .json files carry the same frame number")
     else:
         frames = np.arange(len(files), dtype=np.int64)
     order = np.argsort(frames, kind="stable")
@@ -60,26 +63,26 @@ def read_openpose(folder: str | Path, part: str) -> Imported:
 
     key, points = ("face_keypoints_2d", FACE_POINTS) if part == "face" else ("pose_keypoints_2d", BODY_POINTS)
     n = len(files)
-    values = np.full((n, points, 3), np.nan, np.float32)
-    count = np.zeros(n, np.int32)
-    anyone = with_part = False
-    previous = None
-    for k, file in enumerate(files):
+    everyone: list[np.ndarray] = []
+    anyone = False
+    for file in files:
         people = _openpose_people(file)
         anyone = anyone or bool(people)
-        candidates = [p for p in (_openpose_points(file, person.get(key), part) for person in people) if p is not None]
-        with_part = with_part or bool(candidates)
-        count[k] = len(candidates)
-        boxes = [points_box(c) for c in candidates]
-        ranked = rank_candidates(boxes, [float(c[:, 2].mean()) for c in candidates], previous)
-        previous = boxes[ranked[0]] if ranked else None
-        if ranked:
-            values[k] = candidates[ranked[0]]
-    if part == "face" and anyone and not with_part:
-        raise ParameterError(f"{folder}: people but no face_keypoints_2d in any file (was OpenPose run with --face?)")
-    valid = np.asarray(np.isfinite(values[:, :, 0]).any(axis=1), bool)
+        found = [p for p in (_openpose_points(file, person.get(key), part) for person in people) if p is not None]
+        everyone.append(np.array(found, np.float32).reshape(len(found), points, 3))
     if part == "pose":
-        return Imported(str(folder), frames, None, {"keypoints": values, "valid": valid})
+        return Imported(str(folder), frames, None, {}, people=everyone)
+    if anyone and not any(len(p) for p in everyone):
+        raise ParameterError(f"{folder}: people but no face_keypoints_2d in any file (was OpenPose run with --face?)")
+    values = np.full((n, points, 3), np.nan, np.float32)
+    previous = None
+    for k, candidates in enumerate(everyone):
+        choice = follow(candidates, previous)
+        previous = points_box(candidates[choice]) if choice is not None else None
+        if choice is not None:
+            values[k] = candidates[choice]
+    count = np.array([len(p) for p in everyone], np.int32)
+    valid = np.asarray(np.isfinite(values[:, :, 0]).any(axis=1), bool)
     landmarks = values[:, :, :2].copy()
     rows: dict[str, np.ndarray] = {
         "landmarks": landmarks,
@@ -89,6 +92,14 @@ def read_openpose(folder: str | Path, part: str) -> Imported:
         "valid": valid,
     }
     return Imported(str(folder), frames, None, rows)
+
+
+def follow(candidates: np.ndarray, previous: np.ndarray | None) -> int | None:
+    """Which of a frame's people (k, points, 3) to take: the one overlapping the
+    ``previous`` frame's choice (a box), else the most prominent; None when empty."""
+    boxes = [points_box(c) for c in candidates]
+    ranked = rank_candidates(boxes, [float(np.nanmean(c[:, 2])) for c in candidates], previous)
+    return ranked[0] if ranked else None
 
 
 def _openpose_people(file: Path) -> list[dict]:

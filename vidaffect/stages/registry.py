@@ -22,6 +22,9 @@ STAGE_CLASSES: dict[str, str] = {
     "embed": "vidaffect.stages.embed:EmbedStage",
     "evm": "vidaffect.stages.evm:EvmStage",
     "mel": "vidaffect.stages.mel:MelStage",
+    "head": "vidaffect.stages.head:HeadStage",
+    "gaze": "vidaffect.stages.gaze:GazeStage",
+    "egemaps": "vidaffect.stages.egemaps:EgemapsStage",
 }
 
 
