@@ -299,6 +299,31 @@ def test_every_n_frames_runs_the_model_on_keyframes_and_interpolates_between():
     every3.close()
 
 
+def test_every_n_interpolates_only_keypoints_present_at_both_keyframes():
+    stage = PoseStage(PoseParams(every=4))
+    run = stage.open(VideoInfo("m.mp4", "m", 0, 0.0, 640, 360, 25.0, 8, 0.32, 0, "h264", False), Path("m.h5"))
+    a, b = np.full((18, 3), np.nan, np.float32), np.full((18, 3), np.nan, np.float32)
+    a[:, 2] = b[:, 2] = 0.0
+    a[K["neck"]], b[K["neck"]] = (100, 200, 0.9), (140, 220, 0.7)
+    a[K["nose"]] = (100, 150, 0.95)  # gone (below the threshold, out of frame) at the next keyframe
+    b[K["right_hip"]] = (120, 330, 0.8)  # not there at the first
+    run._key, run._pending = (0.0, a), [(1, 0.04), (2, 0.08), (3, 0.12)]
+    rows = run._keyframe(b, 0.16)
+    np.testing.assert_array_equal(rows["valid"], [True] * 4)
+    np.testing.assert_array_equal(rows["interpolated"], [True, True, True, False])
+    np.testing.assert_allclose(rows["keypoints"][:3, K["neck"]], [(110, 205, 0.7), (120, 210, 0.7), (130, 215, 0.7)], rtol=1e-6)
+    for name in ("nose", "right_hip"):  # present at one end only: NaN, confidence 0
+        assert np.isnan(rows["keypoints"][:3, K[name], :2]).all()
+        np.testing.assert_array_equal(rows["keypoints"][:3, K[name], 2], 0.0)
+    # No keypoint present at both ends: no person in between, NaN throughout.
+    run._key, run._pending = (0.0, a), [(1, 0.04)]
+    b[K["neck"]] = (np.nan, np.nan, 0.0)
+    rows = run._keyframe(b, 0.08)
+    np.testing.assert_array_equal(rows["valid"], [False, True])
+    assert np.isnan(rows["keypoints"][0]).all() and not rows["interpolated"].any()
+    stage.close()
+
+
 def test_every_n_through_the_engine_flags_interpolated_rows(media, tmp_path):
     clip = make_video(media / "body_every.mp4", [astronaut_frame(offset=(0, 40 + 2 * i)) for i in range(7)])
     summary = extract([clip], tmp_path / "f", stages=["pose"], params={"pose": {"every": 2}})
