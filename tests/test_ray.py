@@ -3,6 +3,7 @@ started once for the module: the stores equal a local run's, a bad video fails a
 task whose worker process is killed runs again and the summary says so."""
 
 import os
+import shutil
 import signal
 import threading
 import time
@@ -11,7 +12,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from media import astronaut_frame, make_video, tone
+from media import astronaut_frame, make_video, noise_frames, tone
 
 from vidaffect.commands.extract import extract
 
@@ -105,3 +106,26 @@ def test_a_killed_task_is_retried_and_the_summary_says_so(cluster, media, tmp_pa
     assert local.results[0].status == "done"
     for name in ("frames/timestamp", "audio/mel", "audio/valid"):
         np.testing.assert_array_equal(datasets(store / "long.h5")[name], datasets(tmp_path / "local" / "long.h5")[name])
+
+
+def test_ray_uses_the_store_a_source_has_and_stops_on_a_store_it_cannot_write(cluster, media, tmp_path):
+    from test_faults import read_only
+
+    sub = media / "sub"
+    sub.mkdir()
+    for i in range(3):
+        make_video(sub / f"c{i}.mp4", noise_frames(20, seed=i), audio=tone(0.8))
+    store = tmp_path / "f"
+    assert extract([sub / "c0.mp4"], store, stages=["mel"]).exit_code == 0
+    # Given through its folder, the file keeps the id of the store it already has.
+    again = extract([media], store, stages=["mel"], executor="ray")
+    assert sorted((r.video_id, r.status) for r in again.results) == [("c0", "skipped"), ("sub/c1", "done"), ("sub/c2", "done")]
+    shutil.rmtree(store / "sub")
+    with read_only(store) as ok:
+        if not ok:
+            pytest.skip("cannot make a read-only folder here")
+        stopped = extract([sub], store, stages=["mel"], executor="ray")
+    assert stopped.exit_code == 1 and stopped.stopped is not None, stopped.report()
+    assert "while writing" in stopped.stopped.reason, stopped.stopped.reason
+    assert stopped.count("skipped") == 1 and len(stopped.failed) + stopped.not_attempted == 2
+    assert not list(store.glob("*.tmp"))
