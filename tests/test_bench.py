@@ -101,6 +101,7 @@ def test_tiny_bench_measures_every_figure(tmp_path, monkeypatch):
     costs = results["costs"]
     assert costs["cpu"]["pose"] == pytest.approx(results["pose_cpu_ms"] / 1000)
     assert costs["cpu"]["embed"] == pytest.approx(results["encoder_stage_cpu_ms"] / 1000)
+    assert costs["cpu"]["head"] == pytest.approx(results["head_cpu_ms"] / 1000)  # a dry run with head counts it
     assert costs["worker_mb"] == results["extract_peak_rss_mb_short"] and costs["efficiency"] > 0
     assert not (tmp_path / "cache" / "vidaffect").exists()
     hours = results["projection_3m_frames"]

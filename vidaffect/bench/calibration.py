@@ -13,6 +13,9 @@ from vidaffect.extraction.engine import Plan
 
 # The bench figure (``<figure>_cpu_ms``) that gives each default stage's cost.
 STAGE_FIGURE = {"face": "face", "pose": "pose", "mel": "mel", "embed": "encoder_stage", "evm": "evm"}
+# Stages outside the default recipe measured alone (``<stage>_cpu_ms``; egemaps only
+# with openSMILE installed), so that a dry run with them counts them too.
+OPTIONAL_STAGES = ("head", "gaze", "egemaps")
 PROJECTION_FRAMES = 3_000_000  # Aff-Wild2's size
 PROJECTION_CORES = (2, 8, 16, 32, 64)
 
@@ -24,6 +27,7 @@ def costs_from_results(r: dict[str, Any]) -> Costs:
     prior = load_costs()
     seconds = {stage: r[f"{figure}_cpu_ms"] / 1000 for stage, figure in STAGE_FIGURE.items()}
     cpu = {DECODE: r["decode_cpu_ms"] / 1000, **{s: seconds[s] for s in ("face", "pose", "mel")}}
+    cpu.update({s: r[f"{s}_cpu_ms"] / 1000 for s in OPTIONAL_STAGES if f"{s}_cpu_ms" in r})
     if r["device"].startswith("cuda"):
         cpu.update({s: prior.cpu[s] for s in ("embed", "evm") if s in prior.cpu})
         beside = {s: seconds[s] for s in ("embed", "evm")}
