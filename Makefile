@@ -14,7 +14,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet "$(TORCH)"
-	$(BIN)/pip install --quiet -e ".[test,lint,egemaps,parquet]"
+	$(BIN)/pip install --quiet -e ".[test,lint,egemaps,parquet,ray]"
 	touch $@
 
 test: install

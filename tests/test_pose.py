@@ -222,3 +222,117 @@ def test_keypoint_rules():
     # confident and inside; below the threshold; 5 px outside (within 1 % of 640); 7 px outside; inside; missing
     assert np.isfinite(kept[:, 0]).tolist() == [True, False, True, False, True, False]
     assert kept[~np.isfinite(kept[:, 0]), 2].tolist() == [0, 0, 0]
+
+
+def run_batches(stage, frames, sizes):
+    """Rows of ``frames`` fed in batches of ``sizes`` (then finish()), and how many times
+    the model ran."""
+    frames = np.stack(frames)
+    n, h, w = frames.shape[:3]
+    run = stage.open(VideoInfo("m.mp4", "m", 0, 0.0, w, h, 25.0, n, n / 25, 0, "h264", False), Path("m.h5"))
+    calls = []
+    model = run.pose.process
+    run.pose.process = lambda image: calls.append(1) or model(image)  # counts, still the real model
+    parts, start = [], 0
+    for size in sizes:
+        parts.append(run.process(Batch(start, np.arange(start, start + size) / 25.0, frames[start : start + size])))
+        start += size
+    parts.append(run.finish())
+    del run.pose.process
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}, len(calls)
+
+
+def test_every_n_frames_runs_the_model_on_keyframes_and_interpolates_between():
+    frames = [astronaut_frame(offset=(0, 40 + 3 * i)) for i in range(10)]  # moves 3 px right per frame
+    every1 = PoseStage(PoseParams(every=1))
+    rows1, calls1 = run_batches(every1, frames, [4, 6])
+    every1.close()
+    assert calls1 == 10 and rows1["valid"].all() and not rows1["interpolated"].any()
+    # every=1 is the plain MediaPipe solution, frame after frame, with the keypoint rules.
+    from vidaffect.stages.mediapipe_solutions import mediapipe_solution
+
+    p = PoseParams()
+    raw = mediapipe_solution("pose.Pose", static_image_mode=False, model_complexity=1, smooth_landmarks=True,
+                             enable_segmentation=False, min_detection_confidence=p.min_detection_confidence,
+                             min_tracking_confidence=p.min_tracking_confidence)  # fmt: skip
+    for t, image in enumerate(frames):
+        lm = raw.process(image).pose_landmarks.landmark
+        body = pose33_to_coco18(np.array([(q.x * 640, q.y * 360, q.visibility) for q in lm], np.float32))
+        expected = present_keypoints(body, (0, 0, 640, 360), p.min_keypoint_confidence, p.outside_margin)
+        np.testing.assert_allclose(rows1["keypoints"][t], expected, rtol=1e-5, atol=1e-3)
+    raw.close()
+
+    every3 = PoseStage(PoseParams(every=3))
+    # Batches that split keyframe gaps; 10 frames: keyframes 0, 3, 6, 9 (the last).
+    rows3, calls3 = run_batches(every3, frames, [2, 5, 3])
+    assert isinstance(every3._pose._simulated_timestamp, int)  # the private clock pose.every sets
+    assert calls3 == 4
+    keys, between = [0, 3, 6, 9], [1, 2, 4, 5, 7, 8]
+    assert rows3["valid"].all()
+    assert not rows3["interpolated"][keys].any() and rows3["interpolated"][between].all()
+    kp = rows3["keypoints"]
+    for a, b in zip(keys, keys[1:], strict=False):
+        for t in range(a + 1, b):
+            w = (t - a) / (b - a)
+            np.testing.assert_allclose(kp[t, :, :2], (1 - w) * kp[a, :, :2] + w * kp[b, :, :2], rtol=1e-5)
+            np.testing.assert_array_equal(kp[t, :, 2], np.minimum(kp[a, :, 2], kp[b, :, 2]))
+    # The first keyframe is the same call as every=1's; the others and the rows between
+    # stay close to every=1's (the body moves 3 px a frame; shoulders about 180 px apart).
+    np.testing.assert_array_equal(kp[0], rows1["keypoints"][0])
+    torso = [K["neck"], K["right_shoulder"], K["left_shoulder"], K["nose"]]
+    width = np.linalg.norm(rows1["keypoints"][:, K["right_shoulder"], :2] - rows1["keypoints"][:, K["left_shoulder"], :2], axis=1)
+    error = np.linalg.norm(kp[:, torso, :2] - rows1["keypoints"][:, torso, :2], axis=2) / width[:, None]
+    assert error.mean() < 0.02 and error.max() < 0.06, (error.mean(), error.max())
+
+    # A last frame that is no keyframe is measured in finish(), not extrapolated.
+    rows, calls = run_batches(every3, frames[:8], [8])
+    assert calls == 4 and rows["valid"].all() and not rows["interpolated"][[0, 3, 6, 7]].any()
+    assert rows["interpolated"][[1, 2, 4, 5]].all()
+
+    # Nothing is interpolated across a keyframe without a body.
+    blank = np.full((360, 640, 3), 90, np.uint8)
+    rows, calls = run_batches(every3, frames[:4] + [blank] * 6, [10])
+    assert calls == 4
+    np.testing.assert_array_equal(rows["valid"], [True] * 4 + [False] * 6)
+    np.testing.assert_array_equal(rows["interpolated"], [False, True, True] + [False] * 7)
+    assert np.isnan(rows["keypoints"][4:]).all()
+    every3.close()
+
+
+def test_every_n_interpolates_only_keypoints_present_at_both_keyframes():
+    stage = PoseStage(PoseParams(every=4))
+    run = stage.open(VideoInfo("m.mp4", "m", 0, 0.0, 640, 360, 25.0, 8, 0.32, 0, "h264", False), Path("m.h5"))
+    a, b = np.full((18, 3), np.nan, np.float32), np.full((18, 3), np.nan, np.float32)
+    a[:, 2] = b[:, 2] = 0.0
+    a[K["neck"]], b[K["neck"]] = (100, 200, 0.9), (140, 220, 0.7)
+    a[K["nose"]] = (100, 150, 0.95)  # gone (below the threshold, out of frame) at the next keyframe
+    b[K["right_hip"]] = (120, 330, 0.8)  # not there at the first
+    run._key, run._pending = (0.0, a), [(1, 0.04), (2, 0.08), (3, 0.12)]
+    rows = run._keyframe(b, 0.16)
+    np.testing.assert_array_equal(rows["valid"], [True] * 4)
+    np.testing.assert_array_equal(rows["interpolated"], [True, True, True, False])
+    np.testing.assert_allclose(rows["keypoints"][:3, K["neck"]], [(110, 205, 0.7), (120, 210, 0.7), (130, 215, 0.7)], rtol=1e-6)
+    for name in ("nose", "right_hip"):  # present at one end only: NaN, confidence 0
+        assert np.isnan(rows["keypoints"][:3, K[name], :2]).all()
+        np.testing.assert_array_equal(rows["keypoints"][:3, K[name], 2], 0.0)
+    # No keypoint present at both ends: no person in between, NaN throughout.
+    run._key, run._pending = (0.0, a), [(1, 0.04)]
+    b[K["neck"]] = (np.nan, np.nan, 0.0)
+    rows = run._keyframe(b, 0.08)
+    np.testing.assert_array_equal(rows["valid"], [False, True])
+    assert np.isnan(rows["keypoints"][0]).all() and not rows["interpolated"].any()
+    stage.close()
+
+
+def test_every_n_through_the_engine_flags_interpolated_rows(media, tmp_path):
+    clip = make_video(media / "body_every.mp4", [astronaut_frame(offset=(0, 40 + 2 * i)) for i in range(7)])
+    summary = extract([clip], tmp_path / "f", stages=["pose"], params={"pose": {"every": 2}})
+    assert [r.status for r in summary.results] == ["done"], summary.report()
+    with h5py.File(tmp_path / "f" / "body_every.h5", "r") as h5:
+        assert h5["pose/keypoints"].shape == (7, 18, 3)
+        np.testing.assert_array_equal(h5["pose/interpolated"][()], [False, True, False, True, False, True, False])
+        assert h5["pose/valid"][()].all()
+    with pytest.raises(ValueError, match=r"pose\.every"):
+        PoseParams(every=0)
+    with pytest.raises(ValueError, match=r"pose\.every applies to the mediapipe backend"):
+        PoseParams(every=2, backend="openpose", import_dir=str(tmp_path))

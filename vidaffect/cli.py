@@ -70,6 +70,23 @@ def _losses() -> list[str]:
 
 
 DEVICE = click.Choice(DEVICES, case_sensitive=False)
+
+
+class Workers(click.ParamType):
+    """A number of processes (1 or more) or ``auto``."""
+
+    name = "N|auto"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | str:
+        if value == "auto" or (isinstance(value, int) and value >= 1):
+            return value
+        try:
+            n = int(value)
+        except (TypeError, ValueError):
+            n = 0
+        if n < 1:
+            self.fail(f"{value!r} is neither a number of processes (1 or more) nor 'auto'", param, ctx)
+        return n
 TRAIN_DEFAULTS = load_recipe(DEFAULT_RECIPE)["train"]  # the one place training defaults live
 
 
@@ -132,13 +149,18 @@ def main(verbose: int, quiet: bool) -> None:
 @click.option("--set", "assignments", multiple=True, metavar="STAGE.PARAM=VALUE", help="Override one stage parameter, e.g. --set face.min_detection_confidence=0.3 (repeatable; `vidaffect info --recipe NAME` lists them).")
 @click.option("--encoder-weights", help="ResNet-50 weights for embed/evm: a state-dict/checkpoint PATH, 'imagenet' (downloaded once) or 'random'.")
 @click.option("--save-evm-video", is_flag=True, help="Also write the magnified face video next to each store (<video-id>.evm.mp4).")
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(1), help="Videos processed in parallel processes.")
+@click.option("--workers", default="auto", show_default=True, type=Workers(), help="Videos processed in parallel processes, each with cores/N threads; auto: one per core while videos and memory allow.")
 @click.option("--device", default="auto", show_default=True, type=DEVICE, help="Device of the neural stages; auto = CUDA when available.")
+@click.option("--shared-encoder/--no-shared-encoder", default=None, help="Workers send face crops to one encoder process that batches them.  [default: on with a GPU]")
+@click.option("--executor", default="local", show_default=True, type=click.Choice(["local", "ray"]), help="local: this machine; ray: one task per video on a Ray cluster (pip install 'vidaffect[ray]'; the store folder must be shared by all nodes).")
+@click.option("--ray-address", metavar="auto|HOST:PORT", help="Ray cluster to join (auto: the one `ray start` began here).  [default: a private cluster on this machine]")
+@click.option("--dry-run", is_flag=True, help="Only list the videos, their frames and the stages still to run, with an estimated time; write nothing.")
 @click.option("--force", is_flag=True, help="Re-run the stages even when their cached parameters match.")
 @handle_errors
 def extract(
     videos: tuple[Path, ...], store: Path, stages: str | None, recipe: str | None, assignments: tuple[str, ...],
-    encoder_weights: str | None, save_evm_video: bool, workers: int, device: str, force: bool,
+    encoder_weights: str | None, save_evm_video: bool, workers: int | str, device: str, shared_encoder: bool | None,
+    executor: str, ray_address: str | None, dry_run: bool, force: bool,
 ) -> None:  # fmt: skip
     """Extract features of VIDEOS (files or folders, searched recursively) into STORE.
 
@@ -156,9 +178,15 @@ def extract(
     if save_evm_video:
         params.setdefault("evm", {})["save_video"] = True
     names = [s.strip() for s in stages.split(",") if s.strip()] if stages else None
+    if dry_run:
+        from vidaffect.commands.extract import dry_run as run_dry
+
+        click.echo(run_dry(list(videos), store, names, recipe, params, force=force, workers=workers, device=device).report())
+        return
     summary = run_extract(
-        list(videos), store, names, recipe, params, force=force, workers=workers, device=device, progress=show_progress(State.quiet)
-    )
+        list(videos), store, names, recipe, params, force=force, workers=workers, device=device, progress=show_progress(State.quiet),
+        shared_encoder=shared_encoder, executor=executor, ray_address=ray_address,
+    )  # fmt: skip
     click.echo(summary.report(), err=bool(summary.failed))
     sys.exit(summary.exit_code)
 

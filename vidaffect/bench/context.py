@@ -4,8 +4,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import os
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,12 +121,27 @@ class Context:
         return {"embed": dict(encoder), "evm": dict(encoder)}
 
 
-def cores() -> int:
-    """CPU cores this process may use (a container's limit, not the host's count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+class Stopwatch:
+    """Wall-clock and CPU seconds (every thread of this process) spent in the blocks
+    it timed: ``with watch(): ...``."""
+
+    def __init__(self) -> None:
+        self.wall = 0.0
+        self.cpu = 0.0
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            self.wall += time.perf_counter() - wall
+            self.cpu += time.process_time() - cpu
+
+    def figures(self, name: str, frames: int) -> dict[str, float]:
+        """``<name>_fps`` (frames per wall-clock second) and ``<name>_cpu_ms`` (CPU
+        milliseconds per frame)."""
+        return {f"{name}_fps": frames / self.wall, f"{name}_cpu_ms": 1000 * self.cpu / frames}
 
 
 def check(result: Any) -> Any:

@@ -21,11 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from vidaffect.bench.context import AUDIO_RATE, FPS, RSS_LENGTH_FACTOR, BenchSize, Context, cores
+from vidaffect.bench.context import AUDIO_RATE, FPS, RSS_LENGTH_FACTOR, BenchSize, Context
 from vidaffect.io.store import Output, StoreWriter
 from vidaffect.io.video import VideoInfo
 from vidaffect.io.video_writer import VideoWriter
 from vidaffect.stages import registry
+from vidaffect.util.threads import available_cores
 
 log = logging.getLogger(__name__)
 
@@ -247,6 +248,6 @@ def make_media(ctx: Context) -> dict[str, Any]:
     make_video_clip(ctx.warmup, s.warmup_frames, s)
     make_video_clip(ctx.rss_short, s.rss_frames, s)
     make_video_clip(ctx.rss_long, s.rss_frames * RSS_LENGTH_FACTOR, s)
-    for k in range(cores()):
+    for k in range(available_cores()):
         make_video_clip(ctx.worker_dir / f"video{k}.mp4", s.worker_frames, s)
     return {"media": f"{s.width}x{s.height} H.264 + AAC at {FPS} fps, {what}", "clip_frames": s.frames}

@@ -1,5 +1,6 @@
 """Extraction end to end (one process, and worker processes), training, prediction
-and rendering: ``extract_fps``, ``extract_workers_fps``, ``train_seq_per_s`` (and
+and rendering: ``extract_fps``, ``extract_workers1_fps`` and ``extract_workers_fps``
+(with their ratio ``extract_workers_speedup``), ``train_seq_per_s`` (and
 ``_inmemory``), ``predict_fps`` (and ``_network``), training and prediction speed per
 temporal head (``train_seq_per_s_<head>``, ``predict_fps_<head>``), ``render_fps``."""
 
@@ -18,7 +19,7 @@ import torch
 from lightning.fabric.utilities.seed import seed_everything
 from torch.utils.data import DataLoader
 
-from vidaffect.bench.context import Context, check, cores
+from vidaffect.bench.context import Context, check
 from vidaffect.bench.media import random_arrays, write_store
 from vidaffect.bench.targets import head_key
 from vidaffect.commands.extract import extract
@@ -36,6 +37,7 @@ from vidaffect.learn.modalities import load_inputs
 from vidaffect.learn.networks import AffectNet
 from vidaffect.learn.windows import hop_for, window_starts
 from vidaffect.util.device import resolve_device
+from vidaffect.util.threads import available_cores
 
 
 def measure_extract(ctx: Context) -> dict[str, Any]:
@@ -51,16 +53,26 @@ def measure_extract(ctx: Context) -> dict[str, Any]:
 
 
 def measure_workers(ctx: Context) -> dict[str, Any]:
-    workers = cores()
-    started = time.perf_counter()
-    summary = extract(
-        [ctx.worker_dir], ctx.work / "features-workers", params=ctx.stage_params(), workers=workers, device=ctx.device
-    )
-    elapsed = time.perf_counter() - started
-    for result in summary.results:
-        check(result)
-    frames = sum(r.frames for r in summary.results)
-    return {"extract_workers_fps": frames / elapsed, "extract_workers": workers, "extract_workers_videos": len(summary.results)}
+    """``extract()`` on one video per core with ``--workers`` = cores, then with one
+    worker (in this process), wall time from the call to the summary: starting the
+    workers and loading their models count.  On a GPU the workers share one encoder
+    process (the default there)."""
+    cores = available_cores()
+    figures: dict[str, Any] = {"extract_workers": cores}
+    for label, workers in (("extract_workers", cores), ("extract_workers1", 1)):
+        started = time.perf_counter()
+        summary = extract([ctx.worker_dir], ctx.work / f"features-{label}", params=ctx.stage_params(), workers=workers, device=ctx.device)
+        elapsed = time.perf_counter() - started
+        for result in summary.results:
+            check(result)
+        frames = sum(r.frames for r in summary.results)
+        figures[f"{label}_fps"] = frames / elapsed
+        if workers == cores:  # every worker extracted one video, all at once
+            busy = max(r.seconds for r in summary.results)
+            figures.update(extract_workers_videos=len(summary.results), extract_workers_frames=frames, extract_workers_busy_s=busy)
+            figures["extract_workers_startup_s"] = elapsed - busy
+    figures["extract_workers_speedup"] = figures["extract_workers_fps"] / figures["extract_workers1_fps"]
+    return figures
 
 
 def measure_render(ctx: Context) -> dict[str, Any]:

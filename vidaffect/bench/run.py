@@ -11,11 +11,16 @@ Figures (the ``--json`` keys), all measured in this process unless said otherwis
 
 ``decode_fps``                 PyAV decoding (pictures and audio), frames/s
 ``face_fps``, ``pose_fps``,    each stage alone on frames already decoded, frames/s
-``mel_fps``, ``evm_fps``       (``evm``: magnification and the encoder)
+``mel_fps``, ``evm_fps``       (``evm``: magnification and the encoder); each with
+                               ``*_cpu_ms``, CPU milliseconds per frame (all threads)
 ``head_fps``, ``gaze_fps``     the head and gaze stages alone on the face stage's rows
 ``egemaps_fps``                the egemaps stage (NaN without openSMILE), as mel
+``face_mesh_raw_fps``,         MediaPipe's face mesh (iris refinement) and pose
+``pose_raw_fps``               solutions alone on the same frames, tracking, frames/s
+                               (the face/pose figures and these: faster of two runs)
 ``encoder_raw_fps``            the encoder's forward pass alone on a ready batch on the
                                device: the limit of the crop-encoding stages, crops/s
+                               (on a GPU: passes of the shared encoder's size)
 ``encoder_stage_fps``          the ``embed`` stage: cropping, batching, transfers and
                                the forward pass, frames/s (every frame has a face)
 ``extract_fps``                ``Extractor`` with every default stage on one video,
@@ -24,6 +29,9 @@ Figures (the ``--json`` keys), all measured in this process unless said otherwis
                                allow when the stages run one after another)
 ``extract_workers_fps``        ``extract(workers=cores)`` on one video per core, wall
                                time including starting the workers and their models
+                               (on a GPU with the shared encoder process);
+``extract_workers1_fps``       the same videos with one worker; their ratio is
+                               ``extract_workers_speedup``
 ``train_seq_per_s``            training windows/s of the full network (lstm head) read
                                from stores by the DataLoader
 ``train_seq_per_s_inmemory``   the same steps on batches already in memory
@@ -49,6 +57,10 @@ Figures (the ``--json`` keys), all measured in this process unless said otherwis
                                is the memory before the clip,
                                ``extract_rss_startup_peak_mb`` the start-up peak
 ``device``, ``torch_version``, ``mediapipe_version``, ``cpu_count``, ``platform``
+``costs``                      per-frame costs made from these figures
+                               (:mod:`vidaffect.extraction.costs`; full and quick runs
+                               write them to the user cache for ``extract --dry-run``)
+``projection_3m_frames``       hours for 3 M frames by cores, without and with a GPU
 
 Throughput figures are noisy on a shared machine; ``load_average_start`` and
 ``load_average_end`` record how busy it was.
@@ -63,17 +75,21 @@ import platform
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from vidaffect.bench import memory, pipeline, stages
-from vidaffect.bench.context import SIZES, BenchSize, Context, cores
+from vidaffect.bench.calibration import costs_from_results, projection
+from vidaffect.bench.context import SIZES, BenchSize, Context
 from vidaffect.bench.media import make_media
 from vidaffect.bench.targets import evaluate_targets, format_number, format_table, serial_bound_fps
 from vidaffect.errors import ParameterError
+from vidaffect.extraction.costs import Costs, save_costs
 from vidaffect.util.device import resolve_device
 from vidaffect.util.terminal import progress_bar
+from vidaffect.util.threads import available_cores
 
 log = logging.getLogger(__name__)
 
@@ -110,18 +126,21 @@ def bench(
     name = size or ("quick" if quick else "full")
     if name not in SIZES:
         raise ParameterError(f"unknown bench size {name!r}; choose from {', '.join(SIZES)}")
-    results = run(SIZES[name], resolve_device(device), progress)
-    results["size"] = name
+    results = run(SIZES[name], resolve_device(device), progress, name)
+    if name != "tiny":  # tiny figures are for tests, meaningless as costs
+        log.info("costs of this machine written to %s (extract --dry-run and --workers auto read them)", save_costs(Costs(**results["costs"])))
     if json_out is not None:
         Path(json_out).write_text(json.dumps(results, indent=2) + "\n")
         log.info("figures written to %s", json_out)
     return format_table(results)
 
 
-def run(size: BenchSize, device: str, progress: bool = False) -> dict[str, Any]:
-    """Every measurement at ``size`` on ``device`` (already resolved): the figures,
-    the targets and the machine, as the JSON file holds them."""
+def run(size: BenchSize, device: str, progress: bool = False, name: str = "") -> dict[str, Any]:
+    """Every measurement at ``size`` (called ``name``) on ``device`` (already
+    resolved): the figures, the targets, the costs and projection made from them, and
+    the machine, as the JSON file holds them."""
     results: dict[str, Any] = machine_info(device)
+    results["size"] = name
     results["load_average_start"] = _load_average()
     with tempfile.TemporaryDirectory(prefix="vidaffect-bench-") as tmp:
         work = Path(tmp)
@@ -155,6 +174,9 @@ def run(size: BenchSize, device: str, progress: bool = False) -> dict[str, Any]:
     results["load_average_end"] = _load_average()
     results["extract_serial_bound_fps"] = serial_bound_fps(results)
     results["targets"] = evaluate_targets(results)
+    costs = costs_from_results(results)
+    results["costs"] = asdict(costs)
+    results["projection_3m_frames"] = projection(costs)
     return results
 
 
@@ -164,7 +186,7 @@ def machine_info(device: str) -> dict[str, Any]:
     info: dict[str, Any] = {
         "device": device,
         "gpu": torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else "",
-        "cpu_count": cores(),
+        "cpu_count": available_cores(),
         "cpu_model": _cpu_model(),
         "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
         "platform": platform.platform(),

@@ -154,6 +154,11 @@ class Extractor:
             log.error("%s: %s", source.path, result.reason)
         return result
 
+    def pending_stages(self, info: VideoInfo) -> list[str]:
+        """The stages :meth:`run` would extract for this video, from its store as it is
+        now (read only; no model is loaded)."""
+        return self._todo(completed_stages(store_path(self.store, info.video_id), info), self._inputs_hashes(info))
+
     def _inputs_hashes(self, info: VideoInfo) -> dict[str, str]:
         """Per stage, the hash of the files it imports for this video and of its
         inputs' hashes; "" when neither it nor its inputs import anything."""

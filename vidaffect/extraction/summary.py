@@ -22,6 +22,7 @@ class VideoResult:
     stages: list[str] = field(default_factory=list)  # stages stored in this run
     failed_stages: dict[str, str] = field(default_factory=dict)  # stage -> reason
     fatal: bool = False  # the store cannot be written: no later video can succeed
+    attempts: int = 1  # more than 1: a worker process crashed and the video was tried again
 
 
 def failure_reason(exc: BaseException) -> str:
@@ -55,16 +56,23 @@ class Summary:
     def exit_code(self) -> int:
         return 1 if self.failed else 0
 
+    @property
+    def retried(self) -> list[VideoResult]:
+        """Videos tried again because a worker process crashed."""
+        return [r for r in self.results if r.attempts > 1]
+
     def report(self) -> str:
         frames = sum(r.frames for r in self.results if r.status == "done")
         secs = sum(r.seconds for r in self.results if r.status == "done")
-        stopped = self.stopped
+        stopped, retried = self.stopped, self.retried
         lines = [
             f"{self.count('done')} done, {self.count('skipped')} skipped (up to date), {len(self.failed)} failed"
             + (f", {self.not_attempted} not attempted" if self.not_attempted else "")
+            + (f", {len(retried)} retried after a worker process crashed" if retried else "")
             + (f"; {frames} frames in {secs:.1f} s of stage work" if frames else "")
         ]
-        lines += [f"  FAILED {r.path}: {r.reason}" for r in self.failed if r is not stopped]
+        # Videos in flight when the store failed fail the same way: the stop says it once.
+        lines += [f"  FAILED {r.path}: {r.reason}" for r in self.failed if not r.fatal]
         if stopped is not None:
             lines.append(f"stopped: {stopped.reason}" + (f" ({stopped.path})" if stopped.video_id else ""))
         return "\n".join(lines)

@@ -64,7 +64,9 @@ def record_move(path: Path, source: str) -> None:
         raise write_fault(exc, path) or exc from None
 
 
-def assign_stores(sources: list[VideoSource], store_dir: str | Path) -> tuple[list[VideoSource], list[tuple[str, str]]]:
+def assign_stores(
+    sources: list[VideoSource], store_dir: str | Path, update: bool = True
+) -> tuple[list[VideoSource], list[tuple[str, str]]]:
     """Give every source the id of the store it already has, so that one source file
     has one store whichever folder or file was given.
 
@@ -72,7 +74,8 @@ def assign_stores(sources: list[VideoSource], store_dir: str | Path) -> tuple[li
     folder keeps its own id, unless a store of that id was made from another file that
     still exists (then it is a problem: two files, one id).  A store whose source has
     gone, with the same size and modification time as this file, is this file moved:
-    the store is kept and its recorded path updated.
+    the store is kept and its recorded path updated (unless ``update`` is False: a dry
+    run writes nothing).
 
     Returns
     -------
@@ -103,7 +106,7 @@ def assign_stores(sources: list[VideoSource], store_dir: str | Path) -> tuple[li
             continue
         if recorded is not None and recorded[0] and resolved.is_file():
             stat = resolved.stat()
-            if (recorded[1], recorded[2]) == (stat.st_size, stat.st_mtime):
+            if update and (recorded[1], recorded[2]) == (stat.st_size, stat.st_mtime):
                 log.info("%s: %s was moved to %s; keeping its store", path, recorded[0], resolved)
                 try:
                     record_move(path, str(resolved))

@@ -150,6 +150,7 @@ class Stage(abc.ABC):
     requires: ClassVar[tuple[str, ...]] = ()
     can_do_without: ClassVar[tuple[str, ...]] = ()  # of requires: failures this stage survives
     uses_audio: ClassVar[bool] = False
+    neural: ClassVar[bool] = False  # runs a network, which a GPU speeds up
     Params: ClassVar[type[StageParams]]
     model_inputs: ClassVar[dict[str, ModelInput]] = {}
 
@@ -171,6 +172,12 @@ class Stage(abc.ABC):
     def prepare(cls, params: Any, progress: bool = False) -> None:
         """Run once in the main process before any worker starts, e.g. to download a
         model file once instead of in every worker.  Raises SetupError."""
+
+    @classmethod
+    def cost_share(cls, params: Any) -> float:
+        """The fraction of its measured per-frame cost the stage spends with ``params``
+        (below 1 when it skips frames), for time estimates."""
+        return 1.0
 
     @classmethod
     def group_name(cls) -> str:

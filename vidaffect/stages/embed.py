@@ -13,7 +13,7 @@ from vidaffect.io.store import Output
 from vidaffect.io.video import VideoInfo
 from vidaffect.stages.base import Batch, ModelInput, Stage, StageRun
 from vidaffect.stages.crop import CROP_SIZE, crop_faces
-from vidaffect.stages.encoder import ENCODERS, CropEncoder, Encoder, release_encoder, shared_encoder
+from vidaffect.stages.encoder import ENCODERS, BatchEncoder, CropEncoder, release_encoder, shared_encoder
 from vidaffect.stages.face import FaceStage
 from vidaffect.stages.params import StageParams, param
 from vidaffect.stages.resnet import FEATURES
@@ -90,6 +90,7 @@ class EncoderStage(Stage):
     """Base of the stages that encode face crops with the shared encoder."""
 
     requires = ("face",)
+    neural = True
     Params: ClassVar[type[EncoderParams]] = EncoderParams
     params: EncoderParams
 
@@ -97,7 +98,7 @@ class EncoderStage(Stage):
     def prepare(cls, params: EncoderParams, progress: bool = False) -> None:
         ensure_weights(params.weights, progress=progress)
 
-    def encoder(self) -> Encoder:
+    def encoder(self) -> BatchEncoder:
         p = self.params
         return shared_encoder(p.encoder, p.weights, p.weights_sha256, self.device)
 

@@ -10,6 +10,8 @@ Datasets of the ``pose`` group, one row per frame:
                                 there is NaN with confidence 0, a frame without a
                                 person NaN throughout
 ``valid``      () bool          a person was found in this frame
+``interpolated`` () bool        the row was interpolated between two frames the model
+                                ran on (``every`` > 1), not measured
 =============  ===============  =======================================================
 
 **Only what is there** (both backends, the same rules): a keypoint whose confidence is
@@ -55,6 +57,17 @@ Backends (parameter ``backend``):
     frames/s at 640x360 when the core is free).  Complexity 0 ("lite", faster) and 2
     ("heavy", more accurate) are downloaded by MediaPipe on first use, which needs
     network access once.
+
+    ``every`` N > 1 runs the model on frames 0, N, 2N, ... and on the last frame
+    (extrapolating would be worse than one more run), still in tracking mode and with
+    every rule above applied to those keyframes, and interpolates x and y linearly in
+    time between two keyframes; the confidence is the lower of the two keyframes'.
+    Only keypoints present at both keyframes are interpolated (the others stay NaN,
+    confidence 0), and nothing is interpolated when either keyframe has no person: the
+    rows between stay invalid.  The region MediaPipe looks at still follows the face
+    frame by frame.  The tracker's temporal filter sees each keyframe at the time it
+    would see it with ``every`` 1, so that keyframes stay close to an every-frame run.
+    The pose stage's cost falls about N-fold; the README gives the accuracy it costs.
 
 ``openpose``
     Reads ``pose_keypoints_2d`` (COCO-18 or BODY_25) from
@@ -114,9 +127,12 @@ class PoseParams(StageParams):
     min_tracking_confidence: float = param(0.5, "landmark presence score to keep tracking, 0-1", low=0, high=1)
     import_dir: str = param("", "folder of OpenPose JSON folders, one per video (openpose backend; made absolute)")
     import_match: str = param("auto", "imported rows to frames: auto or index", choices=IMPORT_MATCHES)
+    every: int = param(1, "run the model every N frames and interpolate between (faster, less exact)", low=1)
 
     def check(self) -> None:
         check_import_params(self)
+        if self.every > 1 and self.backend != "mediapipe":
+            self.fail("every", f"applies to the mediapipe backend only; got backend={self.backend}")
 
 
 class PoseStage(Stage):
@@ -124,7 +140,7 @@ class PoseStage(Stage):
 
     name = "pose"
     group = "pose"
-    version = "2"
+    version = "3"  # 3: the interpolated dataset (pose.every)
     requires = ("face",)
     can_do_without = ("face",)
     Params = PoseParams
@@ -139,8 +155,16 @@ class PoseStage(Stage):
     def needs_images(self) -> bool:
         return self.params.backend == "mediapipe"
 
+    @classmethod
+    def cost_share(cls, params: PoseParams) -> float:
+        return 1.0 / params.every
+
     def outputs(self) -> dict[str, Output]:
-        return {"keypoints": Output((BODY_POINTS, 3), "f4"), "valid": Output((), "bool", False)}
+        return {
+            "keypoints": Output((BODY_POINTS, 3), "f4"),
+            "valid": Output((), "bool", False),
+            "interpolated": Output((), "bool", False),
+        }
 
     def imported_files(self, info: VideoInfo) -> list[Path] | None:
         return import_files(self.params, info.video_id) if self.params.backend != "mediapipe" else None
@@ -224,7 +248,19 @@ class _Rejections:
             self.attrs["note"] = "; ".join([self.attrs["note"], *said] if self.attrs.get("note") else said)
 
 
+# MediaPipe's legacy solutions stamp the n-th call n x 33333 us after the first (a
+# simulated 30 fps); the landmark filter reads those stamps.  mediapipe is pinned, and
+# tests/test_pose.py checks the attribute.
+_STAMP = "_simulated_timestamp"
+_STAMP_STEP = 33333
+
+
 class _PoseRun(StageRun):
+    """Keypoints of one video.  With ``every`` > 1 the rows lag: frames after the last
+    keyframe wait (only their times are kept, and a copy of the newest picture and its
+    face for :meth:`finish`) until the next keyframe's rows make their interpolation
+    possible."""
+
     def __init__(self, stage: PoseStage, info: VideoInfo) -> None:
         super().__init__()
         self.stage = stage
@@ -237,31 +273,75 @@ class _PoseRun(StageRun):
         self.faceless = 0  # frames since the face stage last had a face
         self.hold = max(1, round(info.fps)) if info.fps > 0 else 25  # frames the region outlives its face
         self.rejected = _Rejections(self.attrs, ("frames_not_tracked_face", "frames_without_face"))
+        self.every = self.p.every
+        if self.every > 1 and not isinstance(getattr(self.pose, _STAMP, None), int):
+            raise SetupError(f"pose.every={self.every} needs MediaPipe's {_STAMP} (this MediaPipe version lacks it); use pose.every=1")
+        self._stamp0 = getattr(self.pose, _STAMP, 0)  # the clock when this video starts
+        self._key: tuple[float, np.ndarray | None] | None = None  # last keyframe: time, keypoints or None
+        self._pending: list[tuple[int, float]] = []  # frames since then: index, time
+        self._last: tuple[np.ndarray, np.ndarray | None] | None = None  # newest picture and its face
 
     def process(self, batch: Batch) -> dict[str, np.ndarray]:
-        rows = empty_rows(self.outputs, len(batch))
+        parts = []
         for i, (image, face) in enumerate(zip(batch.images, _faces_of(batch), strict=True)):
             h, w = image.shape[:2]
-            region = self._region(face, w, h)
-            x0, y0, x1, y1 = region
-            view = image if (x0, y0, x1, y1) == (0, 0, w, h) else np.ascontiguousarray(image[y0:y1, x0:x1])
-            result = self.pose.process(view)
-            if result.pose_landmarks is None:
-                continue
-            vw, vh = x1 - x0, y1 - y0
-            landmarks = np.array([(q.x * vw + x0, q.y * vh + y0, q.visibility) for q in result.pose_landmarks.landmark], np.float32)
-            body = pose33_to_coco18(landmarks)
-            if face is not None:
-                if not head_on_face(body, face):
-                    self.rejected.add("frames_not_tracked_face")
-                    continue
-            elif shows_face(body, region, self.p.min_keypoint_confidence) and not self._face_at_head(image, body):
-                self.rejected.add("frames_without_face")
-                continue
-            kept = present_keypoints(body, region, self.p.min_keypoint_confidence, self.p.outside_margin)
-            if np.isfinite(kept[:, 0]).any():
-                rows["keypoints"][i] = kept
-                rows["valid"][i] = True
+            region = self._region(face, w, h)  # follows the face on every frame, keyframe or not
+            index, time = batch.start + i, float(batch.timestamps[i])
+            if index % self.every:
+                self._pending.append((index, time))
+            else:
+                parts.append(self._keyframe(self._measure(image, face, region, index), time))
+        if self._pending:
+            self._last = (batch.images[-1].copy(), _faces_of(batch)[-1])
+        if not parts:
+            return empty_rows(self.outputs, 0)
+        return {name: np.concatenate([p[name] for p in parts]) for name in self.outputs}
+
+    def _measure(
+        self, image: np.ndarray, face: np.ndarray | None, region: tuple[int, int, int, int], index: int
+    ) -> np.ndarray | None:
+        """The tracked person's keypoints in one picture after the keypoint rules, None
+        when there is no such person."""
+        h, w = image.shape[:2]
+        x0, y0, x1, y1 = region
+        view = image if (x0, y0, x1, y1) == (0, 0, w, h) else np.ascontiguousarray(image[y0:y1, x0:x1])
+        if self.every > 1:
+            # Where an every-frame run would be on the filter's clock at this frame.
+            setattr(self.pose, _STAMP, self._stamp0 + index * _STAMP_STEP)
+        result = self.pose.process(view)
+        if result.pose_landmarks is None:
+            return None
+        vw, vh = x1 - x0, y1 - y0
+        landmarks = np.array([(q.x * vw + x0, q.y * vh + y0, q.visibility) for q in result.pose_landmarks.landmark], np.float32)
+        body = pose33_to_coco18(landmarks)
+        if face is not None:
+            if not head_on_face(body, face):
+                self.rejected.add("frames_not_tracked_face")
+                return None
+        elif shows_face(body, region, self.p.min_keypoint_confidence) and not self._face_at_head(image, body):
+            self.rejected.add("frames_without_face")
+            return None
+        kept = present_keypoints(body, region, self.p.min_keypoint_confidence, self.p.outside_margin)
+        return kept if np.isfinite(kept[:, 0]).any() else None
+
+    def _keyframe(self, keypoints: np.ndarray | None, time: float) -> dict[str, np.ndarray]:
+        """Rows of the frames waiting since the previous keyframe, interpolated, then
+        this keyframe's row."""
+        rows = empty_rows(self.outputs, len(self._pending) + 1)
+        if keypoints is not None:
+            rows["keypoints"][-1], rows["valid"][-1] = keypoints, True
+        t0, before = self._key if self._key is not None else (0.0, None)
+        if self._pending and before is not None and keypoints is not None:
+            both = np.isfinite(before[:, 0]) & np.isfinite(keypoints[:, 0])  # present at both ends
+            if both.any():
+                times = np.array([t for _, t in self._pending])
+                w = ((times - t0) / (time - t0) if time > t0 else np.linspace(0, 1, len(times) + 2)[1:-1])[:, None, None]
+                between = rows["keypoints"][:-1]  # a view: written in place
+                between[:, both, :2] = (1 - w) * before[None, both, :2] + w * keypoints[None, both, :2]
+                between[:, both, 2] = np.minimum(before[both, 2], keypoints[both, 2])
+                between[:, ~both, 2] = 0.0
+                rows["valid"][:-1] = rows["interpolated"][:-1] = True
+        self._key, self._pending = (time, keypoints), []
         return rows
 
     def _region(self, face: np.ndarray | None, w: int, h: int) -> tuple[int, int, int, int]:
@@ -303,8 +383,17 @@ class _PoseRun(StageRun):
         return bool(self.stage.face_detector().process(crop).detections)
 
     def finish(self) -> dict[str, np.ndarray]:
+        rows = empty_rows(self.outputs, 0)  # without frames waiting, process() returned every row
+        if self._pending:
+            # The last frame becomes a keyframe: the model runs on it, in the region
+            # process() placed for it.
+            index, time = self._pending.pop()
+            assert self._last is not None and self.region is not None
+            image, face = self._last
+            rows = self._keyframe(self._measure(image, face, self.region, index), time)
+            self._last = None
         self.rejected.note()
-        return empty_rows(self.outputs, 0)  # every row was returned by process()
+        return rows
 
 
 class _PoseImportRun(ImportRun):
