@@ -14,6 +14,18 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
 @pytest.fixture
+def one_thread():
+    """One PyTorch thread: the tests' models are tiny, and threads only fight over the
+    shared cores (modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def media(tmp_path):
     """A folder for made media inside the test's tmp dir."""
     d = tmp_path / "videos"

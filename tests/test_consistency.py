@@ -8,7 +8,6 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 from media import tiny_recipe
 
@@ -22,12 +21,7 @@ TRAIN = ["c0", "c1", "c2", "c3", "c4", "c10"]  # c10: 12 frames, a padded traini
 VAL = ["c5", "c6", "c11"]  # c6: annotation ends before the video; c11: 20 frames
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -31,12 +31,7 @@ TINY = Sizes(
 SEAM_TOLERANCE = 1e-6
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def trained_like(tmp_path, head, net="audio", seed=0):

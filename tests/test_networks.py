@@ -24,12 +24,7 @@ SMALL_VALIDITY = {**{m: 1 for m in SMALL_DIMS}, "pose": 2}
 PAIRS = list(itertools.product(NETWORKS, HEADS))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(net, head, seed=0):

@@ -10,7 +10,6 @@ import shutil
 import h5py
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 from media import astronaut_frame, make_video, noise_frames, tone, write_annotation
 
@@ -30,12 +29,7 @@ LENGTHS = {"c0": 40, "c1": 55, "c2": 70, "sub/c3": 130}  # video id -> frames
 SILENT = 30  # frames of a clip without an audio track
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: threads only fight over the shared cores
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

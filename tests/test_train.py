@@ -8,7 +8,6 @@ import shutil
 import h5py
 import numpy as np
 import pytest
-import torch
 import yaml
 from media import smooth, tiny_recipe, write_annotation
 
@@ -23,14 +22,7 @@ from vidaffect.learn.modalities import load_inputs
 FRAMES = 240
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny; one thread avoids losing time to thread contention on a
-    busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def loud_video(rng, n=FRAMES):
